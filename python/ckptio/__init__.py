@@ -1,0 +1,62 @@
+"""ckptio: fast, verified, crash-safe training checkpoints.
+
+Two kinds of checkpoint, as in the Tinker training API:
+
+- ``save_weights_for_sampler(path, weights)``: weights only, inference-ready.
+- ``save_state(path, weights, optimizer_state, step=...)``: weights + optimizer state,
+  for an exact resume.
+
+Weights are stored as safetensors files that any safetensors reader opens; a
+``ckptio.json`` manifest holds a checksum per tensor and the optimizer tree.
+
+Example:
+    >>> import numpy as np, ckptio, tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "step-1")
+    >>> _ = ckptio.save_state(path, {"w": np.ones(3, np.float32)}, {"step": 1}, step=1)
+    >>> ckptio.verify(path)
+    >>> ckptio.load_state(path)["w"]
+    array([1., 1., 1.], dtype=float32)
+"""
+
+from .api import (
+    TrainingState,
+    cleanup,
+    load_state,
+    load_state_with_optimizer,
+    open,
+    save_state,
+    save_weights_for_sampler,
+    verify,
+)
+from .checkpoint import Checkpoint, TensorInfo
+from .errors import (
+    CheckpointExistsError,
+    CheckpointKindError,
+    CheckpointNotFoundError,
+    CkptioError,
+    CorruptCheckpointError,
+    FormatError,
+    StorageError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Checkpoint",
+    "CheckpointExistsError",
+    "CheckpointKindError",
+    "CheckpointNotFoundError",
+    "CkptioError",
+    "CorruptCheckpointError",
+    "FormatError",
+    "StorageError",
+    "TensorInfo",
+    "TrainingState",
+    "cleanup",
+    "load_state",
+    "load_state_with_optimizer",
+    "open",
+    "save_state",
+    "save_weights_for_sampler",
+    "verify",
+]

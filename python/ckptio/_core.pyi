@@ -1,0 +1,54 @@
+"""Type stubs for the Rust extension ``ckptio._core`` (the binding layer)."""
+
+from collections.abc import Buffer, Sequence
+from os import PathLike
+
+FORMAT_VERSION: int
+CHECKSUM_ALGORITHM: str
+
+# (name, safetensors dtype, shape, C-contiguous buffer of the tensor's bytes)
+_Tensor = tuple[str, str, Sequence[int], Buffer]
+# (group name, tensors, safetensors __metadata__ entries)
+_Group = tuple[str, Sequence[_Tensor], Sequence[tuple[str, str]]]
+
+def save(
+    path: str | PathLike[str],
+    kind: str,
+    groups: Sequence[_Group],
+    user_json: str,
+    *,
+    overwrite: bool = False,
+    durable: bool = True,
+    threads: int = 0,
+    max_shard_bytes: int | None = None,
+) -> None:
+    """Writes a checkpoint directory atomically; releases the GIL while writing."""
+
+def open(path: str | PathLike[str]) -> Checkpoint:
+    """Reads and checks the manifest and every header, maps the files privately."""
+
+def cleanup(directory: str | PathLike[str]) -> list[str]:
+    """Removes leftovers of dead saves in ``directory``; returns their paths."""
+
+class Checkpoint:
+    @property
+    def kind(self) -> str: ...
+    @property
+    def checkpoint_id(self) -> str: ...
+    @property
+    def user_json(self) -> str: ...
+    @property
+    def file_names(self) -> list[str]: ...
+    def tensors(self) -> list[tuple[str, str, str, list[int], int, int, int]]:
+        """(group, name, dtype, shape, file index, begin, end), in save order."""
+    def file(self, index: int) -> MappedFile: ...
+    def verify(self, threads: int = 0) -> None: ...
+    def prefetch(self) -> None: ...
+
+class MappedFile(Buffer):
+    """A tensor file mapped copy-on-write; exports a writable byte buffer."""
+
+    @property
+    def name(self) -> str: ...
+    def __len__(self) -> int: ...
+    def __buffer__(self, flags: int, /) -> memoryview: ...

@@ -1,0 +1,77 @@
+"""Turning caller arrays into (dtype, shape, byte buffer) without copying.
+
+numpy arrays and CPU torch tensors are passed to the core as byte views of their own
+memory. Only non-contiguous, big-endian or device (CUDA) tensors are copied first.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from ._dtypes import numpy_to_st, supported_numpy_names, torch_to_st
+
+
+class Saveable(NamedTuple):
+    dtype: str
+    shape: tuple[int, ...]
+    buffer: Any  # a C-contiguous object exporting the buffer protocol
+    source: Any  # what the caller passed (keeps it alive, identifies shared storage)
+
+
+def is_torch_tensor(value: Any) -> bool:
+    # No import: torch stays optional and is only touched when the caller uses it.
+    return type(value).__module__.startswith("torch") and hasattr(value, "untyped_storage")
+
+
+def is_array(value: Any) -> bool:
+    """Is this a tensor leaf (numpy array or torch tensor)?"""
+    return isinstance(value, np.ndarray) or is_torch_tensor(value)
+
+
+def _numpy(name: str, arr: np.ndarray) -> Saveable:
+    if arr.dtype.hasobject:
+        raise TypeError(f"tensor {name!r}: object arrays cannot be saved (dtype {arr.dtype})")
+    st = numpy_to_st(arr.dtype)
+    if st is None:
+        raise TypeError(
+            f"tensor {name!r}: dtype {arr.dtype} is not supported; supported: {supported_numpy_names()}"
+        )
+    if arr.dtype.byteorder == ">":
+        arr = arr.astype(arr.dtype.newbyteorder("<"))
+    flat = np.ascontiguousarray(arr).reshape(-1)
+    return Saveable(st, tuple(arr.shape), flat.view(np.uint8), arr)
+
+
+def _torch(name: str, t: Any) -> Saveable:
+    if t.layout.__repr__() != "torch.strided":
+        raise TypeError(f"tensor {name!r}: only dense (strided) torch tensors can be saved, got {t.layout}")
+    st = torch_to_st(t.dtype)
+    if st is None:
+        raise TypeError(f"tensor {name!r}: torch dtype {t.dtype} is not supported")
+    t = t.detach()
+    if t.device.type != "cpu":
+        t = t.to("cpu")  # device tensors are copied to host; CPU ones are not copied
+    if t.is_conj():
+        t = t.resolve_conj()
+    if t.is_neg():
+        t = t.resolve_neg()
+    shape = tuple(t.shape)
+    flat = t.contiguous().reshape(-1)
+    import torch
+
+    return Saveable(st, shape, flat.view(torch.uint8).numpy(), t)
+
+
+def as_saveable(name: str, value: Any) -> Saveable:
+    """Checks one tensor and returns its zero-copy byte view."""
+    if not isinstance(name, str):
+        raise TypeError(f"tensor names must be str, got {type(name).__name__} {name!r}")
+    if isinstance(value, np.ndarray):
+        return _numpy(name, value)
+    if isinstance(value, np.generic):
+        return _numpy(name, np.asarray(value))
+    if is_torch_tensor(value):
+        return _torch(name, value)
+    raise TypeError(f"tensor {name!r}: expected a numpy array or torch tensor, got {type(value).__name__}")

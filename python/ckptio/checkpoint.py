@@ -1,0 +1,193 @@
+"""``ckptio.open``: a lazy, zero-copy view of a checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from . import _core
+from ._dtypes import ITEMSIZE, st_to_numpy, st_to_torch
+from ._tree import unflatten
+from .errors import CheckpointKindError, FormatError
+
+WEIGHTS = "model"
+OPTIMIZER = "optimizer"
+
+
+class TensorInfo(NamedTuple):
+    """What the index says of one tensor."""
+
+    name: str
+    group: str  # "model" (weights) or "optimizer"
+    dtype: str  # safetensors name: "F32", "BF16", ...
+    shape: tuple[int, ...]
+    nbytes: int
+    file: str
+
+
+class Checkpoint(Mapping[str, Any]):
+    """An open checkpoint: the manifest is read and every header validated; no tensor
+    byte is read until you index it. Indexing returns a zero-copy numpy view of the
+    mapped file (copy-on-write: writable, and writes never reach the file).
+
+    Mapping access covers the weights; ``optimizer_state()`` rebuilds the optimizer tree.
+
+    Example:
+        >>> import numpy as np, ckptio, tempfile, os
+        >>> d = tempfile.mkdtemp()
+        >>> _ = ckptio.save_weights_for_sampler(os.path.join(d, "s"), {"w": np.ones(3, np.float32)})
+        >>> with ckptio.open(os.path.join(d, "s")) as ckpt:
+        ...     print(ckpt.kind, list(ckpt), ckpt.info("w").shape, ckpt["w"].sum())
+        sampler ['w'] (3,) 3.0
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._core = _core.open(self.path)
+        try:
+            self._user = json.loads(self._core.user_json)
+            if not isinstance(self._user, dict):
+                raise TypeError("not an object")
+        except (ValueError, TypeError) as e:
+            raise FormatError(f"{self.path}: invalid user section in manifest: {e}", file=self.path) from None
+        names = self._core.file_names
+        self._infos: dict[tuple[str, str], tuple[TensorInfo, int, int, int]] = {}
+        for group, name, dtype, shape, fi, begin, end in self._core.tensors():
+            info = TensorInfo(name, group, dtype, tuple(shape), end - begin, names[fi])
+            self._infos[(group, name)] = (info, fi, begin, end)
+        self._weight_names = [n for g, n in self._infos if g == WEIGHTS]
+        self._bytes: dict[int, np.ndarray] = {}
+
+    # -- description -------------------------------------------------------------
+    @property
+    def kind(self) -> str:
+        """``"sampler"`` (weights only) or ``"state"`` (weights + optimizer state)."""
+        return str(self._core.kind)
+
+    @property
+    def metadata(self) -> Any:
+        """The user metadata saved with the checkpoint (any JSON), or None."""
+        return self._user.get("metadata")
+
+    @property
+    def step(self) -> int | None:
+        """The training step given to ``save_state``, or None."""
+        step = self._user.get("step")
+        return None if step is None else int(step)
+
+    @property
+    def names(self) -> list[str]:
+        """Weight names, in the order they were saved."""
+        return list(self._weight_names)
+
+    @property
+    def tensors(self) -> list[TensorInfo]:
+        """Every tensor (weights, then optimizer), in save order."""
+        return [entry[0] for entry in self._infos.values()]
+
+    def info(self, name: str, group: str = WEIGHTS) -> TensorInfo:
+        """dtype, shape, nbytes and file of one tensor."""
+        try:
+            return self._infos[(group, name)][0]
+        except KeyError:
+            raise KeyError(f"no tensor {name!r} in {group!r} of {self.path}") from None
+
+    # -- data --------------------------------------------------------------------
+    def _file_bytes(self, fi: int) -> np.ndarray:
+        arr = self._bytes.get(fi)
+        if arr is None:
+            arr = self._bytes[fi] = np.frombuffer(self._core.file(fi), dtype=np.uint8)
+        return arr
+
+    def tensor(self, name: str, group: str = WEIGHTS, *, framework: str = "numpy", device: Any = None) -> Any:
+        """One tensor as a zero-copy view (numpy array or, with framework="torch", a
+        torch tensor; ``device`` moves it, which copies)."""
+        try:
+            info, fi, begin, end = self._infos[(group, name)]
+        except KeyError:
+            raise KeyError(f"no tensor {name!r} in {group!r} of {self.path}") from None
+        raw = self._file_bytes(fi)[begin:end]
+        if framework == "numpy":
+            if device is not None:
+                raise ValueError("device= needs framework='torch'")
+            return raw.view(st_to_numpy(info.dtype)).reshape(info.shape)
+        if framework == "torch":
+            return _torch_view(raw, info, device)
+        raise ValueError(f"framework must be 'numpy' or 'torch', got {framework!r}")
+
+    def __getitem__(self, name: str) -> Any:
+        return self.tensor(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._weight_names)
+
+    def __len__(self) -> int:
+        return len(self._weight_names)
+
+    def __contains__(self, name: object) -> bool:
+        return (WEIGHTS, name) in self._infos
+
+    def weights(self, *, framework: str = "numpy", device: Any = None) -> dict[str, Any]:
+        """All weights, in save order, as zero-copy views."""
+        return {n: self.tensor(n, framework=framework, device=device) for n in self._weight_names}
+
+    def optimizer_state(self, *, framework: str | None = None, device: Any = None) -> Any:
+        """The optimizer tree exactly as saved. Array leaves come back as the type they
+        were saved as (numpy, numpy scalar, torch), unless ``framework`` forces one."""
+        if self.kind != "state":
+            raise CheckpointKindError(
+                f"{self.path} is a {self.kind!r} checkpoint (weights only); it has no optimizer state. "
+                "Save it with save_state() to resume training."
+            )
+
+        def leaf(tag: str, name: str) -> Any:
+            fw = framework or ("torch" if tag == "torch" else "numpy")
+            value = self.tensor(name, OPTIMIZER, framework=fw, device=device if fw == "torch" else None)
+            return value[()] if tag == "scalar" and fw == "numpy" else value
+
+        try:
+            return unflatten(self._user.get("optimizer"), leaf)
+        except (KeyError, ValueError, TypeError) as e:
+            if isinstance(e, FormatError | ImportError):
+                raise
+            raise FormatError(f"{self.path}: invalid optimizer skeleton: {e}", file=self.path) from None
+
+    def prefetch(self) -> None:
+        """Starts reading every file in (helps cold loads); returns at once."""
+        self._core.prefetch()
+
+    def verify(self, *, threads: int | None = None) -> None:
+        """Hashes every tensor and header; raises CorruptCheckpointError naming the first
+        bad tensor and listing all of them."""
+        self._core.verify(threads or 0)
+
+    # -- lifetime ----------------------------------------------------------------
+    def close(self) -> None:
+        """Drops this object's references; arrays already handed out stay valid."""
+        self._bytes.clear()
+
+    def __enter__(self) -> Checkpoint:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<ckptio.Checkpoint {self.kind} {str(self.path)!r}: {len(self._infos)} tensors>"
+
+
+def _torch_view(raw: np.ndarray, info: TensorInfo, device: Any) -> Any:
+    import torch
+
+    dtype = st_to_torch(info.dtype)
+    u8 = torch.from_numpy(raw)
+    if (raw.ctypes.data % ITEMSIZE[info.dtype]) == 0:
+        t = u8.view(dtype).reshape(info.shape)
+    else:  # a foreign file with unaligned data: torch cannot view it, so copy
+        t = u8.clone().view(dtype).reshape(info.shape)
+    return t if device is None else t.to(device)

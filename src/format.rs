@@ -1,0 +1,405 @@
+//! The safetensors container: an 8-byte little-endian header length `n`, `n` bytes of
+//! JSON header, then the tensor bytes, contiguous, with no holes and no trailing bytes.
+//!
+//! `plan` lays a file out; `parse` validates a file's header completely before any of
+//! its tensor bytes are touched or any allocation sized by the file is made.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::path::Path;
+
+use serde::de::{Deserializer, MapAccess, Visitor};
+use serde::{Deserialize, Serialize};
+
+use crate::dtype::{byte_len, Dtype};
+use crate::error::{Error, Result};
+
+/// Largest JSON header accepted (the limit safetensors itself uses).
+pub const MAX_HEADER_LEN: u64 = 100 * 1024 * 1024;
+/// The data section starts at a multiple of this, so every tensor is aligned to its
+/// element size (tensors are ordered by element size, largest first).
+const HEADER_ALIGN: usize = 8;
+const METADATA_KEY: &str = "__metadata__";
+
+/// Where one tensor lives in a file. Offsets are absolute file offsets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorLayout {
+    pub name: String,
+    pub dtype: Dtype,
+    pub shape: Vec<u64>,
+    pub begin: u64,
+    pub end: u64,
+}
+
+impl TensorLayout {
+    pub fn len(&self) -> u64 {
+        self.end - self.begin
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.begin == self.end
+    }
+}
+
+/// A planned file: the complete header bytes and where each tensor goes.
+#[derive(Debug)]
+pub struct FileLayout {
+    /// Length prefix + JSON + padding; written verbatim at offset 0.
+    pub header: Vec<u8>,
+    /// One entry per input tensor, in the order the caller gave them.
+    pub tensors: Vec<TensorLayout>,
+    pub file_len: u64,
+}
+
+/// A validated header.
+#[derive(Debug)]
+pub struct ParsedHeader {
+    /// Bytes before the data section (8 + JSON length).
+    pub header_len: u64,
+    pub metadata: Vec<(String, String)>,
+    /// In header order.
+    pub tensors: Vec<TensorLayout>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HeaderEntry {
+    dtype: String,
+    shape: Vec<u64>,
+    data_offsets: [u64; 2],
+}
+
+/// Lays out a safetensors file for `tensors` (name, dtype, shape).
+pub fn plan(
+    tensors: &[(&str, Dtype, &[u64])],
+    metadata: &[(String, String)],
+) -> Result<FileLayout> {
+    // Largest element size first keeps every tensor aligned; the sort is stable, so
+    // tensors of one size keep the caller's order.
+    let mut order: Vec<usize> = (0..tensors.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(tensors[i].1.size()));
+
+    let mut rel = vec![(0u64, 0u64); tensors.len()];
+    let mut cursor = 0u64;
+    for &i in &order {
+        let (name, dtype, shape) = tensors[i];
+        let n = byte_len(dtype, shape).ok_or_else(|| {
+            Error::InvalidArgument(format!("tensor {name:?}: shape {shape:?} overflows"))
+        })?;
+        rel[i] = (cursor, cursor + n);
+        cursor += n;
+    }
+
+    let mut json = serde_json::Map::new();
+    if !metadata.is_empty() {
+        let meta: serde_json::Map<String, serde_json::Value> = metadata
+            .iter()
+            .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+            .collect();
+        json.insert(METADATA_KEY.into(), meta.into());
+    }
+    for (i, &(name, dtype, shape)) in tensors.iter().enumerate() {
+        if name == METADATA_KEY {
+            return Err(Error::InvalidArgument(format!(
+                "tensor name {METADATA_KEY:?} is reserved"
+            )));
+        }
+        let entry = HeaderEntry {
+            dtype: dtype.name().into(),
+            shape: shape.to_vec(),
+            data_offsets: [rel[i].0, rel[i].1],
+        };
+        let value = serde_json::to_value(entry).expect("header entry serializes");
+        if json.insert(name.to_owned(), value).is_some() {
+            return Err(Error::InvalidArgument(format!(
+                "duplicate tensor name {name:?}"
+            )));
+        }
+    }
+    let mut body = serde_json::to_vec(&json).expect("header serializes");
+    while (8 + body.len()) % HEADER_ALIGN != 0 {
+        body.push(b' ');
+    }
+    let data_start = 8 + body.len() as u64;
+    let mut header = Vec::with_capacity(8 + body.len());
+    header.extend_from_slice(&(body.len() as u64).to_le_bytes());
+    header.extend_from_slice(&body);
+
+    let tensors = tensors
+        .iter()
+        .zip(&rel)
+        .map(|(&(name, dtype, shape), &(b, e))| TensorLayout {
+            name: name.to_owned(),
+            dtype,
+            shape: shape.to_vec(),
+            begin: data_start + b,
+            end: data_start + e,
+        })
+        .collect();
+    Ok(FileLayout {
+        header,
+        tensors,
+        file_len: data_start + cursor,
+    })
+}
+
+/// Reads the header length prefix. `file_len` is the whole file's length.
+pub fn header_len(file: &Path, prefix: &[u8], file_len: u64) -> Result<u64> {
+    if file_len < 8 || prefix.len() < 8 {
+        return Err(Error::format(
+            file,
+            format!("file is {file_len} bytes, too short for a safetensors header"),
+        ));
+    }
+    let n = u64::from_le_bytes(prefix[..8].try_into().expect("8 bytes"));
+    if n > MAX_HEADER_LEN {
+        return Err(Error::format(
+            file,
+            format!("header length {n} exceeds the {MAX_HEADER_LEN}-byte cap"),
+        ));
+    }
+    if n > file_len - 8 {
+        return Err(Error::format(
+            file,
+            format!("header length {n} runs past the end of the {file_len}-byte file"),
+        ));
+    }
+    Ok(8 + n)
+}
+
+/// Validates the header of the safetensors file whose bytes are `bytes` (only the
+/// header part is read). Every structural rule is checked here.
+pub fn parse(file: &Path, bytes: &[u8]) -> Result<ParsedHeader> {
+    let file_len = bytes.len() as u64;
+    let hlen = header_len(file, bytes, file_len)?;
+    let json = &bytes[8..hlen as usize];
+    let entries: UniqueMap<serde_json::Value> = serde_json::from_slice(json)
+        .map_err(|e| Error::format(file, format!("invalid JSON header: {e}")))?;
+
+    let mut metadata = Vec::new();
+    let mut tensors = Vec::with_capacity(entries.0.len());
+    for (name, value) in entries.0 {
+        if name == METADATA_KEY {
+            let meta: UniqueMap<String> = serde_json::from_value(value).map_err(|e| {
+                Error::format(
+                    file,
+                    format!("{METADATA_KEY} must map strings to strings: {e}"),
+                )
+            })?;
+            metadata = meta.0;
+            continue;
+        }
+        let entry: HeaderEntry = serde_json::from_value(value).map_err(|e| {
+            Error::format(file, format!("tensor {name:?}: invalid header entry: {e}"))
+        })?;
+        let dtype = Dtype::parse(&entry.dtype).ok_or_else(|| {
+            Error::format(
+                file,
+                format!("tensor {name:?}: unsupported dtype {:?}", entry.dtype),
+            )
+        })?;
+        let [b, e] = entry.data_offsets;
+        let need = byte_len(dtype, &entry.shape).ok_or_else(|| {
+            Error::format(
+                file,
+                format!("tensor {name:?}: shape {:?} overflows", entry.shape),
+            )
+        })?;
+        if e < b || e - b != need {
+            return Err(Error::format(
+                file,
+                format!("tensor {name:?}: {dtype} {:?} needs {need} bytes but data_offsets are [{b}, {e}]", entry.shape),
+            ));
+        }
+        let (begin, end) = match (hlen.checked_add(b), hlen.checked_add(e)) {
+            (Some(begin), Some(end)) => (begin, end),
+            _ => {
+                return Err(Error::format(
+                    file,
+                    format!("tensor {name:?}: data_offsets overflow"),
+                ))
+            }
+        };
+        tensors.push(TensorLayout {
+            name,
+            dtype,
+            shape: entry.shape,
+            begin,
+            end,
+        });
+    }
+    check_contiguous(file, &tensors, hlen, file_len)?;
+    Ok(ParsedHeader {
+        header_len: hlen,
+        metadata,
+        tensors,
+    })
+}
+
+/// Data must tile `[hlen, file_len)` exactly: no overlap, no hole, no trailing bytes.
+fn check_contiguous(file: &Path, tensors: &[TensorLayout], hlen: u64, file_len: u64) -> Result<()> {
+    let mut by_offset: Vec<&TensorLayout> = tensors.iter().collect();
+    by_offset.sort_by_key(|t| (t.begin, t.end));
+    let mut expected = hlen;
+    for t in by_offset {
+        if t.begin < expected {
+            return Err(Error::format(
+                file,
+                format!("tensor {:?}: data overlaps the previous tensor", t.name),
+            ));
+        }
+        if t.begin > expected {
+            return Err(Error::format(
+                file,
+                format!(
+                    "tensor {:?}: hole of {} bytes before its data",
+                    t.name,
+                    t.begin - expected
+                ),
+            ));
+        }
+        if t.end > file_len {
+            return Err(Error::format(
+                file,
+                format!("tensor {:?}: data runs past the end of the file", t.name),
+            ));
+        }
+        expected = t.end;
+    }
+    if expected != file_len {
+        return Err(Error::format(
+            file,
+            format!(
+                "{} trailing bytes after the last tensor",
+                file_len - expected
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A JSON object kept in order, rejecting duplicate keys (serde_json would keep the last).
+struct UniqueMap<V>(Vec<(String, V)>);
+
+impl<'de, V: Deserialize<'de>> Deserialize<'de> for UniqueMap<V> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct MapVisitor<V>(std::marker::PhantomData<V>);
+        impl<'de, V: Deserialize<'de>> Visitor<'de> for MapVisitor<V> {
+            type Value = UniqueMap<V>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<Self::Value, A::Error> {
+                let mut seen = HashSet::new();
+                let mut out = Vec::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    if !seen.insert(key.clone()) {
+                        return Err(serde::de::Error::custom(format!("duplicate key {key:?}")));
+                    }
+                    out.push((key, map.next_value()?));
+                }
+                Ok(UniqueMap(out))
+            }
+        }
+        d.deserialize_map(MapVisitor(std::marker::PhantomData))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file_bytes(layout: &FileLayout) -> Vec<u8> {
+        let mut bytes = layout.header.clone();
+        bytes.resize(layout.file_len as usize, 0xAB);
+        bytes
+    }
+
+    fn raw_file(header: &str, data_len: usize) -> Vec<u8> {
+        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+        bytes.extend_from_slice(header.as_bytes());
+        bytes.resize(bytes.len() + data_len, 0);
+        bytes
+    }
+
+    fn err(bytes: &[u8]) -> String {
+        parse(Path::new("f.safetensors"), bytes)
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn plan_then_parse_round_trips_and_aligns() {
+        let tensors: Vec<(&str, Dtype, &[u64])> = vec![
+            ("a", Dtype::U8, &[3]),
+            ("b", Dtype::F64, &[2, 2]),
+            ("c", Dtype::F16, &[5]),
+            ("d", Dtype::F32, &[]),
+        ];
+        let layout = plan(&tensors, &[("format".into(), "pt".into())]).unwrap();
+        assert_eq!(layout.header.len() % 8, 0);
+        for t in &layout.tensors {
+            assert_eq!(t.begin % t.dtype.size() as u64, 0, "{} misaligned", t.name);
+        }
+        let parsed = parse(Path::new("x"), &file_bytes(&layout)).unwrap();
+        assert_eq!(
+            parsed.metadata,
+            vec![("format".to_string(), "pt".to_string())]
+        );
+        assert_eq!(parsed.tensors, layout.tensors);
+    }
+
+    #[test]
+    fn rejects_structural_damage() {
+        assert!(err(b"\x01\x00").contains("too short"));
+        assert!(err(&raw_file("{}", 0)[..9]).contains("runs past"));
+        let mut huge = (MAX_HEADER_LEN + 1).to_le_bytes().to_vec();
+        huge.resize(64, b' ');
+        assert!(err(&huge).contains("cap"));
+        assert!(err(&raw_file(
+            r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#,
+            9
+        ))
+        .contains("trailing"));
+        assert!(err(&raw_file(
+            r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#,
+            4
+        ))
+        .contains("past the end"));
+        assert!(err(&raw_file(
+            r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,4]}}"#,
+            4
+        ))
+        .contains("needs 8"));
+        assert!(err(&raw_file(
+            r#"{"a":{"dtype":"Q7","shape":[2],"data_offsets":[0,8]}}"#,
+            8
+        ))
+        .contains("unsupported dtype"));
+        assert!(err(&raw_file(
+            r#"{"a":{"dtype":"U8","shape":[4],"data_offsets":[0,4]},"b":{"dtype":"U8","shape":[4],"data_offsets":[2,6]}}"#,
+            6
+        ))
+        .contains("overlaps"));
+        assert!(err(&raw_file(
+            r#"{"a":{"dtype":"U8","shape":[4],"data_offsets":[2,6]}}"#,
+            6
+        ))
+        .contains("hole"));
+        assert!(err(&raw_file(
+            r#"{"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},"a":{"dtype":"U8","shape":[1],"data_offsets":[1,2]}}"#,
+            2
+        ))
+        .contains("duplicate"));
+        assert!(err(&raw_file(
+            r#"{"a":{"dtype":"F64","shape":[4294967296,4294967296],"data_offsets":[0,8]}}"#,
+            8
+        ))
+        .contains("overflows"));
+        assert!(err(&raw_file(r#"{"__metadata__":{"k":1}}"#, 0)).contains("strings"));
+        assert!(err(&raw_file(r#"[1,2]"#, 0)).contains("invalid JSON"));
+    }
+}

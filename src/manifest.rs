@@ -1,0 +1,314 @@
+//! `ckptio.json`: the manifest, written last. It indexes every tensor (file, dtype,
+//! shape, byte range, checksum), covers every file's header by a checksum, and covers
+//! itself: the file is `{"manifest": {...}, "manifest_xxh3": "..."}` where the checksum
+//! is over the exact bytes of the `manifest` value.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::checksum;
+use crate::error::{Error, Result};
+
+pub const MANIFEST_NAME: &str = "ckptio.json";
+pub const FORMAT_NAME: &str = "ckptio";
+pub const FORMAT_VERSION: u32 = 1;
+/// Larger manifests are refused before they are read.
+pub const MAX_MANIFEST_LEN: u64 = 256 * 1024 * 1024;
+
+#[derive(Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// Weights only (Tinker's `save_weights_for_sampler`).
+    Sampler,
+    /// Weights and optimizer state (Tinker's `save_state`).
+    State,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Sampler => "sampler",
+            Kind::State => "state",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Kind> {
+        match s {
+            "sampler" => Some(Kind::Sampler),
+            "state" => Some(Kind::State),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
+#[serde(rename_all = "lowercase")]
+pub enum FileRole {
+    /// A safetensors file; `xxh3` covers its header (length prefix + JSON).
+    Tensors,
+    /// A JSON side file (the Hugging Face shard index); `xxh3` covers all of it.
+    Index,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FileRecord {
+    pub name: String,
+    pub role: FileRole,
+    pub size: u64,
+    pub xxh3: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TensorRecord {
+    /// `"model"` (weights) or `"optimizer"`; names are unique within a group.
+    pub group: String,
+    pub name: String,
+    pub file: String,
+    pub dtype: String,
+    pub shape: Vec<u64>,
+    /// Absolute `[begin, end)` byte offsets in `file`.
+    pub byte_range: [u64; 2],
+    pub xxh3: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub format: String,
+    pub format_version: u32,
+    pub kind: Kind,
+    /// Random per save; also stamped into every safetensors header, so a file swapped
+    /// in from another checkpoint fails the header checksum.
+    pub checkpoint_id: String,
+    pub checksum: String,
+    pub files: Vec<FileRecord>,
+    /// In the order the caller saved them.
+    pub tensors: Vec<TensorRecord>,
+    /// Opaque to the core, kept byte for byte: user metadata, step, optimizer skeleton.
+    pub user: Box<RawValue>,
+}
+
+#[derive(Serialize)]
+struct EnvelopeOut<'a> {
+    manifest: &'a RawValue,
+    manifest_xxh3: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EnvelopeIn<'a> {
+    #[serde(borrow)]
+    manifest: &'a RawValue,
+    manifest_xxh3: String,
+}
+
+/// Serializes the manifest with its self-checksum.
+pub fn encode(m: &Manifest) -> Vec<u8> {
+    let body = serde_json::to_string_pretty(m).expect("manifest serializes");
+    let raw = RawValue::from_string(body).expect("valid JSON");
+    let out = EnvelopeOut {
+        manifest_xxh3: checksum::to_hex(checksum::hash(raw.get().as_bytes())),
+        manifest: &raw,
+    };
+    let mut bytes = serde_json::to_vec_pretty(&out).expect("envelope serializes");
+    bytes.push(b'\n');
+    bytes
+}
+
+/// Parses and checks the manifest file's bytes: self-checksum, version, and the
+/// structural rules that keep every later access inside the checkpoint.
+pub fn decode(file: &Path, bytes: &[u8]) -> Result<Manifest> {
+    let env: EnvelopeIn = serde_json::from_slice(bytes)
+        .map_err(|e| Error::format(file, format!("invalid manifest JSON: {e}")))?;
+    let actual = checksum::to_hex(checksum::hash(env.manifest.get().as_bytes()));
+    if actual != env.manifest_xxh3 {
+        return Err(Error::corrupt(
+            file,
+            None,
+            format!(
+                "manifest checksum mismatch (stored {}, computed {actual})",
+                env.manifest_xxh3
+            ),
+        ));
+    }
+    // Check the version before the strict parse, so a newer format gets a clear message.
+    #[derive(Deserialize)]
+    struct Version {
+        format: Option<String>,
+        format_version: Option<u32>,
+    }
+    let v: Version = serde_json::from_str(env.manifest.get())
+        .map_err(|e| Error::format(file, format!("invalid manifest: {e}")))?;
+    if v.format.as_deref() != Some(FORMAT_NAME) {
+        return Err(Error::format(
+            file,
+            "not a ckptio manifest (\"format\" is not \"ckptio\")",
+        ));
+    }
+    match v.format_version {
+        Some(FORMAT_VERSION) => {}
+        Some(n) if n > FORMAT_VERSION => {
+            return Err(Error::format(
+                file,
+                format!("format_version {n} is newer than this ckptio supports ({FORMAT_VERSION}); upgrade ckptio"),
+            ))
+        }
+        other => return Err(Error::format(file, format!("unsupported format_version {other:?}"))),
+    }
+    let m: Manifest = serde_json::from_str(env.manifest.get())
+        .map_err(|e| Error::format(file, format!("invalid manifest: {e}")))?;
+    check_structure(file, &m)?;
+    Ok(m)
+}
+
+/// A file name the manifest may reference: a plain name inside the checkpoint
+/// directory, never `..`, a path, or a hidden file.
+pub fn is_safe_file_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 255
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_')
+}
+
+/// Group names become file-name prefixes.
+pub fn is_valid_group(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+fn check_structure(file: &Path, m: &Manifest) -> Result<()> {
+    if m.checksum != checksum::ALGORITHM {
+        return Err(Error::format(
+            file,
+            format!("unsupported checksum algorithm {:?}", m.checksum),
+        ));
+    }
+    let mut names = HashSet::new();
+    for f in &m.files {
+        if !is_safe_file_name(&f.name) || f.name == MANIFEST_NAME {
+            return Err(Error::format(
+                file,
+                format!("file name {:?} is not allowed in a checkpoint", f.name),
+            ));
+        }
+        if !names.insert(f.name.as_str()) {
+            return Err(Error::format(
+                file,
+                format!("file {:?} is listed twice", f.name),
+            ));
+        }
+    }
+    let mut tensor_names = HashSet::new();
+    for t in &m.tensors {
+        if !is_valid_group(&t.group) {
+            return Err(Error::format(
+                file,
+                format!("tensor {:?}: invalid group {:?}", t.name, t.group),
+            ));
+        }
+        if !tensor_names.insert((t.group.as_str(), t.name.as_str())) {
+            return Err(Error::format(
+                file,
+                format!("duplicate tensor {:?} in group {:?}", t.name, t.group),
+            ));
+        }
+        let holder = m
+            .files
+            .iter()
+            .find(|f| f.name == t.file && f.role == FileRole::Tensors);
+        if holder.is_none() {
+            return Err(Error::format(
+                file,
+                format!(
+                    "tensor {:?}: file {:?} is not a listed tensor file",
+                    t.name, t.file
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Manifest {
+        Manifest {
+            format: FORMAT_NAME.into(),
+            format_version: FORMAT_VERSION,
+            kind: Kind::State,
+            checkpoint_id: "abc".into(),
+            checksum: checksum::ALGORITHM.into(),
+            files: vec![FileRecord {
+                name: "model.safetensors".into(),
+                role: FileRole::Tensors,
+                size: 16,
+                xxh3: "0".into(),
+            }],
+            tensors: vec![TensorRecord {
+                group: "model".into(),
+                name: "w".into(),
+                file: "model.safetensors".into(),
+                dtype: "F32".into(),
+                shape: vec![2],
+                byte_range: [8, 16],
+                xxh3: "0".into(),
+            }],
+            user: RawValue::from_string(
+                r#"{"metadata": {"lr": 0.1, "big": 123456789012345678901234567890}}"#.into(),
+            )
+            .unwrap(),
+        }
+    }
+
+    #[test]
+    fn round_trip_and_self_checksum() {
+        let m = sample();
+        let bytes = encode(&m);
+        let back = decode(Path::new("m"), &bytes).unwrap();
+        assert_eq!(back.tensors, m.tensors);
+        assert_eq!(back.user.get(), m.user.get());
+        let text = String::from_utf8(bytes).unwrap().replace("0.1", "0.2");
+        let e = decode(Path::new("m"), text.as_bytes()).unwrap_err();
+        assert!(matches!(e, Error::Corrupt { .. }), "{e}");
+    }
+
+    #[test]
+    fn rejects_escaping_file_names() {
+        for bad in ["../x", "/etc/passwd", "a/b", ".hidden", "", "ckptio.json"] {
+            let mut m = sample();
+            m.files[0].name = bad.into();
+            m.tensors[0].file = bad.into();
+            let e = decode(Path::new("m"), &encode(&m)).unwrap_err();
+            assert!(matches!(e, Error::Format { .. }), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn rejects_newer_version_and_deep_nesting() {
+        let mut m = sample();
+        m.format_version = 99;
+        let e = decode(Path::new("m"), &encode(&m)).unwrap_err();
+        assert!(e.to_string().contains("newer"), "{e}");
+
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        let body = format!(r#"{{"format":"ckptio","format_version":1,"user":{deep}}}"#);
+        let text = format!(
+            r#"{{"manifest":{body},"manifest_xxh3":"{}"}}"#,
+            checksum::to_hex(checksum::hash(body.as_bytes()))
+        );
+        let e = decode(Path::new("m"), text.as_bytes()).unwrap_err();
+        assert!(matches!(e, Error::Format { .. }), "{e}");
+    }
+}

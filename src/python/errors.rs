@@ -1,0 +1,60 @@
+//! The one place where core errors become Python exceptions. The classes live in
+//! `ckptio/errors.py` so they can subclass several built-ins.
+
+use pyo3::exceptions::{PyOSError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+
+use crate::error::Error;
+
+fn class<'py>(py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyAny>> {
+    py.import("ckptio.errors")?.getattr(name)
+}
+
+fn to_py(py: Python<'_>, e: Error) -> PyErr {
+    let message = e.to_string();
+    let fallback = message.clone();
+    let built = match e {
+        Error::Io { source, path, .. } => class(py, "StorageError").and_then(|cls| {
+            let errno = source.raw_os_error().unwrap_or(0);
+            cls.call1((errno, message, path))
+        }),
+        Error::NotFound { .. } => {
+            class(py, "CheckpointNotFoundError").and_then(|c| c.call1((message,)))
+        }
+        Error::AlreadyExists { .. } => {
+            class(py, "CheckpointExistsError").and_then(|c| c.call1((message,)))
+        }
+        Error::Format { file, .. } => class(py, "FormatError").and_then(|cls| {
+            let kw = PyDict::new(py);
+            kw.set_item("file", file)?;
+            cls.call((message,), Some(&kw))
+        }),
+        Error::Corrupt { file, tensor, .. } => {
+            class(py, "CorruptCheckpointError").and_then(|cls| {
+                let kw = PyDict::new(py);
+                kw.set_item("file", file)?;
+                kw.set_item("tensor", tensor)?;
+                cls.call((message,), Some(&kw))
+            })
+        }
+        Error::InvalidArgument(msg) => return PyValueError::new_err(msg),
+    };
+    match built {
+        Ok(exc) => PyErr::from_value(exc),
+        Err(import_failed) => PyOSError::new_err(format!(
+            "{fallback} (ckptio.errors unavailable: {import_failed})"
+        )),
+    }
+}
+
+/// `core::Result<T>` -> `PyResult<T>`; needs the GIL, so call it after `detach`.
+pub trait IntoPyResult<T> {
+    fn into_py_result(self) -> PyResult<T>;
+}
+
+impl<T> IntoPyResult<T> for crate::Result<T> {
+    fn into_py_result(self) -> PyResult<T> {
+        self.map_err(|e| Python::attach(|py| to_py(py, e)))
+    }
+}

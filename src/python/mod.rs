@@ -1,0 +1,141 @@
+//! The PyO3 binding layer: converts Python objects to core types and back, releases
+//! the GIL around every byte-moving call, and maps errors (in `errors.rs` only).
+
+mod checkpoint;
+mod errors;
+
+use std::path::PathBuf;
+
+use pyo3::buffer::PyUntypedBuffer;
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+
+use crate::{commit, writer, Dtype, Kind};
+use checkpoint::{PyCheckpoint, PyMappedFile};
+use errors::IntoPyResult;
+
+/// (name, dtype, shape, buffer) as passed from Python.
+type PyTensor<'py> = (String, String, Vec<u64>, Bound<'py, PyAny>);
+/// (group name, tensors, header metadata).
+type PyGroup<'py> = (String, Vec<PyTensor<'py>>, Vec<(String, String)>);
+
+struct OwnedGroup {
+    name: String,
+    tensors: Vec<(String, Dtype, Vec<u64>, PyUntypedBuffer)>,
+    header_metadata: Vec<(String, String)>,
+}
+
+fn take_buffers(groups: Vec<PyGroup<'_>>) -> PyResult<Vec<OwnedGroup>> {
+    groups
+        .into_iter()
+        .map(|(name, tensors, header_metadata)| {
+            let tensors = tensors
+                .into_iter()
+                .map(|(tname, dtype, shape, obj)| {
+                    let dt = Dtype::parse(&dtype).ok_or_else(|| {
+                        PyValueError::new_err(format!(
+                            "tensor {tname:?}: unsupported dtype {dtype:?}"
+                        ))
+                    })?;
+                    let buf = PyUntypedBuffer::get(&obj)?;
+                    if !buf.is_c_contiguous() {
+                        return Err(PyValueError::new_err(format!(
+                            "tensor {tname:?}: buffer is not C-contiguous"
+                        )));
+                    }
+                    Ok((tname, dt, shape, buf))
+                })
+                .collect::<PyResult<_>>()?;
+            Ok(OwnedGroup {
+                name,
+                tensors,
+                header_metadata,
+            })
+        })
+        .collect()
+}
+
+/// Saves a checkpoint; see `_core.pyi`.
+#[pyfunction]
+#[pyo3(signature = (path, kind, groups, user_json, *, overwrite=false, durable=true, threads=0, max_shard_bytes=None))]
+#[allow(clippy::too_many_arguments)]
+fn save(
+    py: Python<'_>,
+    path: PathBuf,
+    kind: &str,
+    groups: Vec<PyGroup<'_>>,
+    user_json: &str,
+    overwrite: bool,
+    durable: bool,
+    threads: usize,
+    max_shard_bytes: Option<u64>,
+) -> PyResult<()> {
+    let kind = Kind::parse(kind)
+        .ok_or_else(|| PyValueError::new_err(format!("unknown checkpoint kind {kind:?}")))?;
+    let user = serde_json::value::RawValue::from_string(user_json.to_owned())
+        .map_err(|e| PyValueError::new_err(format!("user_json: {e}")))?;
+    if max_shard_bytes == Some(0) {
+        return Err(PyValueError::new_err("max_shard_bytes must be positive"));
+    }
+    let owned = take_buffers(groups)?;
+    let opts = writer::SaveOptions {
+        overwrite,
+        durable,
+        threads,
+        max_shard_bytes,
+    };
+    py.detach(|| {
+        let groups: Vec<writer::GroupSource> = owned
+            .iter()
+            .map(|g| writer::GroupSource {
+                name: &g.name,
+                tensors: g
+                    .tensors
+                    .iter()
+                    .map(|(name, dtype, shape, buf)| writer::TensorSource {
+                        name,
+                        dtype: *dtype,
+                        shape,
+                        // SAFETY: the buffer is C-contiguous and held (so alive and
+                        // unmoved) until this call returns.
+                        data: match buf.len_bytes() {
+                            0 => &[],
+                            n => unsafe {
+                                std::slice::from_raw_parts(buf.buf_ptr() as *const u8, n)
+                            },
+                        },
+                    })
+                    .collect(),
+                header_metadata: g.header_metadata.clone(),
+            })
+            .collect();
+        writer::save(&path, kind, &groups, user, &opts)
+    })
+    .into_py_result()
+}
+
+/// Opens a checkpoint (reads the manifest and headers, maps the files); see `_core.pyi`.
+#[pyfunction]
+fn open(py: Python<'_>, path: PathBuf) -> PyResult<PyCheckpoint> {
+    let ckpt = py.detach(|| crate::open(&path)).into_py_result()?;
+    Ok(PyCheckpoint::new(ckpt))
+}
+
+/// Removes leftovers of dead saves in `directory`; see `_core.pyi`.
+#[pyfunction]
+fn cleanup(py: Python<'_>, directory: PathBuf) -> PyResult<Vec<PathBuf>> {
+    py.detach(|| commit::cleanup_leftovers(&directory, None))
+        .into_py_result()
+}
+
+#[pymodule(name = "_core")]
+fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(save, m)?)?;
+    m.add_function(wrap_pyfunction!(open, m)?)?;
+    m.add_function(wrap_pyfunction!(cleanup, m)?)?;
+    m.add_class::<PyCheckpoint>()?;
+    m.add_class::<PyMappedFile>()?;
+    m.add("FORMAT_VERSION", crate::manifest::FORMAT_VERSION)?;
+    m.add("CHECKSUM_ALGORITHM", crate::checksum::ALGORITHM)?;
+    Ok(())
+}

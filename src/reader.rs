@@ -1,0 +1,359 @@
+//! Opening a checkpoint: read and check the manifest, map every tensor file privately
+//! (copy-on-write), validate each header against the manifest before any tensor byte
+//! is touched. Verification hashes tensors over a fresh read-only mapping.
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::ptr::NonNull;
+
+use memmap2::{Mmap, MmapMut, MmapOptions};
+use rayon::prelude::*;
+
+use crate::checksum;
+use crate::dtype::Dtype;
+use crate::error::{Error, IoContext, Result};
+use crate::format;
+use crate::manifest::{self, FileRole, Kind, Manifest, MANIFEST_NAME, MAX_MANIFEST_LEN};
+use crate::pool;
+
+/// A tensor file mapped `MAP_PRIVATE`: writes through the mapping stay in this process.
+pub struct MappedFile {
+    pub name: String,
+    pub path: PathBuf,
+    file: File,
+    map: MmapMut,
+    ptr: NonNull<u8>,
+}
+
+// SAFETY: `ptr` points into `map`, which lives as long as `self`; the mapping is
+// private to the process and only ever handed out as raw memory to the caller.
+unsafe impl Send for MappedFile {}
+unsafe impl Sync for MappedFile {}
+
+impl MappedFile {
+    /// Start of the mapping. Writable; writes never reach the file.
+    pub fn as_mut_ptr(&self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Asks the kernel to start reading `range` in (cold loads).
+    pub fn prefetch(&self, begin: usize, end: usize) {
+        let end = end.min(self.map.len());
+        if begin < end {
+            let _ = self
+                .map
+                .advise_range(memmap2::Advice::WillNeed, begin, end - begin);
+        }
+    }
+}
+
+/// One tensor of an open checkpoint.
+#[derive(Debug, Clone)]
+pub struct TensorInfo {
+    pub group: String,
+    pub name: String,
+    pub dtype: Dtype,
+    pub shape: Vec<u64>,
+    /// Index into `Checkpoint::files`.
+    pub file: usize,
+    pub begin: u64,
+    pub end: u64,
+    pub xxh3: u64,
+}
+
+/// An open, structurally validated checkpoint.
+pub struct Checkpoint {
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+    pub files: Vec<MappedFile>,
+    /// In save order.
+    pub tensors: Vec<TensorInfo>,
+}
+
+fn open_regular(path: &Path) -> Result<File> {
+    // O_NOFOLLOW: a symlink inside a checkpoint could point anywhere.
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => Error::format(
+                path,
+                "is a symbolic link; checkpoints contain only regular files",
+            ),
+            Some(libc::ENOENT) => Error::corrupt(path, None, "file is missing"),
+            _ => Error::io("open", path, e),
+        })?;
+    let meta = file.metadata().ctx("stat", path)?;
+    if !meta.is_file() {
+        return Err(Error::format(path, "is not a regular file"));
+    }
+    Ok(file)
+}
+
+fn read_manifest(dir: &Path) -> Result<Manifest> {
+    match fs::metadata(dir) {
+        Err(_) => {
+            return Err(Error::NotFound {
+                what: "no checkpoint at",
+                path: dir.to_path_buf(),
+            })
+        }
+        Ok(m) if !m.is_dir() => {
+            return Err(Error::format(dir, "is a file, not a checkpoint directory"));
+        }
+        Ok(_) => {}
+    }
+    let path = dir.join(MANIFEST_NAME);
+    if fs::symlink_metadata(&path).is_err() {
+        return Err(Error::NotFound {
+            what: "not a ckptio checkpoint (no ckptio.json manifest) at",
+            path: dir.to_path_buf(),
+        });
+    }
+    let mut file = open_regular(&path)?;
+    let len = file.metadata().ctx("stat", &path)?.len();
+    if len > MAX_MANIFEST_LEN {
+        return Err(Error::format(
+            &path,
+            format!("manifest is {len} bytes, over the {MAX_MANIFEST_LEN}-byte cap"),
+        ));
+    }
+    let mut bytes = Vec::with_capacity(len as usize);
+    file.read_to_end(&mut bytes).ctx("read", &path)?;
+    manifest::decode(&path, &bytes)
+}
+
+fn parse_hex(file: &Path, what: &str, s: &str) -> Result<u64> {
+    if s.len() != 16 {
+        return Err(Error::format(
+            file,
+            format!("{what}: checksum {s:?} is not 16 hex digits"),
+        ));
+    }
+    u64::from_str_radix(s, 16)
+        .map_err(|_| Error::format(file, format!("{what}: checksum {s:?} is not hex")))
+}
+
+/// Maps one tensor file and checks its size and header against the manifest.
+fn map_tensor_file(
+    dir: &Path,
+    rec: &manifest::FileRecord,
+) -> Result<(MappedFile, format::ParsedHeader)> {
+    let path = dir.join(&rec.name);
+    let file = open_regular(&path)?;
+    let len = file.metadata().ctx("stat", &path)?.len();
+    if len != rec.size {
+        return Err(Error::corrupt(
+            &path,
+            None,
+            format!("file is {len} bytes, the manifest says {}", rec.size),
+        ));
+    }
+    if len < 8 {
+        return Err(Error::format(
+            &path,
+            format!("file is {len} bytes, too short for a safetensors header"),
+        ));
+    }
+    // SAFETY: the file is a regular file of the checked length, never modified in
+    // place by ckptio; the private mapping keeps writes local to this process.
+    let mut map = unsafe { MmapOptions::new().map_copy(&file) }.ctx("mmap", &path)?;
+    let ptr = NonNull::new(map.as_mut_ptr()).expect("mmap is non-null");
+    let hlen = format::header_len(&path, &map, len)?;
+    let stored = parse_hex(&path, "header", &rec.xxh3)?;
+    if checksum::hash(&map[..hlen as usize]) != stored {
+        return Err(Error::corrupt(&path, None, "header checksum mismatch"));
+    }
+    let header = format::parse(&path, &map)?;
+    let mapped = MappedFile {
+        name: rec.name.clone(),
+        path,
+        file,
+        map,
+        ptr,
+    };
+    Ok((mapped, header))
+}
+
+/// Opens the checkpoint at `dir`. Reads no tensor data.
+pub fn open(dir: &Path) -> Result<Checkpoint> {
+    let manifest = read_manifest(dir)?;
+    let mut files = Vec::new();
+    let mut file_index = HashMap::new();
+    let mut headers = Vec::new();
+    for rec in manifest
+        .files
+        .iter()
+        .filter(|f| f.role == FileRole::Tensors)
+    {
+        let (mapped, header) = map_tensor_file(dir, rec)?;
+        file_index.insert(rec.name.as_str(), files.len());
+        files.push(mapped);
+        headers.push(header);
+    }
+    // The manifest and the headers must describe exactly the same tensors.
+    let mut by_name: Vec<HashMap<&str, &format::TensorLayout>> = headers
+        .iter()
+        .map(|h| h.tensors.iter().map(|t| (t.name.as_str(), t)).collect())
+        .collect();
+    let mut tensors = Vec::with_capacity(manifest.tensors.len());
+    for rec in &manifest.tensors {
+        let fi = file_index[rec.file.as_str()];
+        let path = &files[fi].path;
+        let layout = by_name[fi].remove(rec.name.as_str()).ok_or_else(|| {
+            Error::corrupt(
+                path,
+                Some(&rec.name),
+                "listed in the manifest but missing from the file header",
+            )
+        })?;
+        let dtype = Dtype::parse(&rec.dtype);
+        if dtype != Some(layout.dtype)
+            || rec.shape != layout.shape
+            || rec.byte_range != [layout.begin, layout.end]
+        {
+            return Err(Error::corrupt(
+                path,
+                Some(&rec.name),
+                "manifest entry disagrees with the file header",
+            ));
+        }
+        tensors.push(TensorInfo {
+            group: rec.group.clone(),
+            name: rec.name.clone(),
+            dtype: layout.dtype,
+            shape: layout.shape.clone(),
+            file: fi,
+            begin: layout.begin,
+            end: layout.end,
+            xxh3: parse_hex(path, &rec.name, &rec.xxh3)?,
+        });
+    }
+    for (fi, rest) in by_name.iter().enumerate() {
+        if let Some(name) = rest.keys().next() {
+            return Err(Error::corrupt(
+                &files[fi].path,
+                Some(name),
+                "in the file header but not in the manifest",
+            ));
+        }
+    }
+    Ok(Checkpoint {
+        dir: dir.to_path_buf(),
+        manifest,
+        files,
+        tensors,
+    })
+}
+
+impl Checkpoint {
+    pub fn kind(&self) -> Kind {
+        self.manifest.kind
+    }
+
+    /// Checks every byte: headers, tensor data and side files against their checksums,
+    /// over fresh read-only mappings of the same open files (so writes the caller made
+    /// to loaded arrays are not mistaken for corruption), and that the directory holds
+    /// nothing the manifest does not list. Reports every bad tensor, naming the first.
+    pub fn verify(&self, threads: usize) -> Result<()> {
+        let maps: Vec<Mmap> = self
+            .files
+            .iter()
+            .map(|f| {
+                let len = f.file.metadata().ctx("stat", &f.path)?.len();
+                if len != f.len() as u64 {
+                    return Err(Error::corrupt(
+                        &f.path,
+                        None,
+                        "file changed size since it was opened",
+                    ));
+                }
+                // SAFETY: read-only mapping of a regular file of the checked length.
+                unsafe { Mmap::map(&f.file) }.ctx("mmap", &f.path)
+            })
+            .collect::<Result<_>>()?;
+        let tensor_records = self
+            .manifest
+            .files
+            .iter()
+            .filter(|r| r.role == FileRole::Tensors);
+        for ((f, map), rec) in self.files.iter().zip(&maps).zip(tensor_records) {
+            let hlen = format::header_len(&f.path, map, map.len() as u64)?;
+            if checksum::hash(&map[..hlen as usize]) != parse_hex(&f.path, "header", &rec.xxh3)? {
+                return Err(Error::corrupt(&f.path, None, "header checksum mismatch"));
+            }
+        }
+        let bad: Vec<&TensorInfo> = pool::get(threads)?.install(|| {
+            self.tensors
+                .par_iter()
+                .filter(|t| {
+                    checksum::hash(&maps[t.file][t.begin as usize..t.end as usize]) != t.xxh3
+                })
+                .collect()
+        });
+        if let Some(first) = bad.first() {
+            let names: Vec<String> = bad
+                .iter()
+                .map(|t| format!("{}/{}", t.group, t.name))
+                .collect();
+            return Err(Error::corrupt(
+                &self.files[first.file].path,
+                Some(&first.name),
+                format!(
+                    "data checksum mismatch ({} bad tensor(s): {})",
+                    bad.len(),
+                    names.join(", ")
+                ),
+            ));
+        }
+        self.verify_side_files()
+    }
+
+    fn verify_side_files(&self) -> Result<()> {
+        for rec in self
+            .manifest
+            .files
+            .iter()
+            .filter(|r| r.role == FileRole::Index)
+        {
+            let path = self.dir.join(&rec.name);
+            let mut bytes = Vec::new();
+            let mut file = open_regular(&path)?;
+            if file.metadata().ctx("stat", &path)?.len() != rec.size {
+                return Err(Error::corrupt(
+                    &path,
+                    None,
+                    "file size differs from the manifest",
+                ));
+            }
+            file.read_to_end(&mut bytes).ctx("read", &path)?;
+            if checksum::to_hex(checksum::hash(&bytes)) != rec.xxh3 {
+                return Err(Error::corrupt(&path, None, "checksum mismatch"));
+            }
+        }
+        for entry in fs::read_dir(&self.dir).ctx("list", &self.dir)? {
+            let name = entry.ctx("list", &self.dir)?.file_name();
+            let name = name.to_string_lossy();
+            if name != MANIFEST_NAME && !self.manifest.files.iter().any(|f| f.name == name) {
+                return Err(Error::corrupt(
+                    &self.dir.join(&*name),
+                    None,
+                    "unexpected file in the checkpoint directory",
+                ));
+            }
+        }
+        Ok(())
+    }
+}

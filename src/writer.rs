@@ -1,0 +1,369 @@
+//! Saving: lay out the tensor files, stream each tensor from the caller's memory into
+//! its file (hashing each chunk as it is written, so every byte is read once), then
+//! write the manifest and commit.
+
+use std::collections::HashSet;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use rayon::prelude::*;
+
+use crate::checksum::{self, Hasher};
+use crate::commit::{self, Staging};
+use crate::dtype::{byte_len, Dtype};
+use crate::error::{Error, IoContext, Result};
+use crate::format::{self, FileLayout};
+use crate::manifest::{self, FileRecord, FileRole, Kind, Manifest, TensorRecord, MANIFEST_NAME};
+use crate::pool;
+
+/// Bytes hashed and written per step: small enough to stay in L2 between the hash and
+/// the copy into the page cache.
+const CHUNK: usize = 1 << 20;
+
+/// One tensor to save, borrowed from the caller.
+#[derive(Debug, Clone, Copy)]
+pub struct TensorSource<'a> {
+    pub name: &'a str,
+    pub dtype: Dtype,
+    pub shape: &'a [u64],
+    pub data: &'a [u8],
+}
+
+/// A named group of tensors (`"model"`, `"optimizer"`), saved to `GROUP.safetensors`
+/// or, when sharded, `GROUP-00001-of-0000N.safetensors` + `GROUP.safetensors.index.json`.
+#[derive(Debug, Clone)]
+pub struct GroupSource<'a> {
+    pub name: &'a str,
+    pub tensors: Vec<TensorSource<'a>>,
+    /// Extra `__metadata__` entries for this group's safetensors headers.
+    pub header_metadata: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SaveOptions {
+    pub overwrite: bool,
+    /// fsync files and directories so the checkpoint survives power loss.
+    pub durable: bool,
+    /// Worker threads; 0 means one per core.
+    pub threads: usize,
+    /// Split a group into shards of at most this many data bytes (a larger tensor
+    /// gets a shard of its own).
+    pub max_shard_bytes: Option<u64>,
+}
+
+impl Default for SaveOptions {
+    fn default() -> Self {
+        SaveOptions {
+            overwrite: false,
+            durable: true,
+            threads: 0,
+            max_shard_bytes: None,
+        }
+    }
+}
+
+/// A file to write: its layout and, per tensor, where the bytes come from.
+struct PlannedFile<'a> {
+    name: String,
+    group: &'a str,
+    layout: FileLayout,
+    sources: Vec<&'a TensorSource<'a>>,
+}
+
+fn validate(groups: &[GroupSource]) -> Result<()> {
+    let mut group_names = HashSet::new();
+    for g in groups {
+        if !manifest::is_valid_group(g.name) || !group_names.insert(g.name) {
+            return Err(Error::InvalidArgument(format!(
+                "invalid or repeated group name {:?}",
+                g.name
+            )));
+        }
+        let mut names = HashSet::new();
+        for t in &g.tensors {
+            if !names.insert(t.name) {
+                return Err(Error::InvalidArgument(format!(
+                    "duplicate tensor name {:?} in {:?}",
+                    t.name, g.name
+                )));
+            }
+            let need = byte_len(t.dtype, t.shape).ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "tensor {:?}: shape {:?} overflows",
+                    t.name, t.shape
+                ))
+            })?;
+            if need != t.data.len() as u64 {
+                return Err(Error::InvalidArgument(format!(
+                    "tensor {:?}: {} {:?} needs {need} bytes, got {}",
+                    t.name,
+                    t.dtype,
+                    t.shape,
+                    t.data.len()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Splits a group into shards in save order.
+fn shard<'a>(g: &'a GroupSource<'a>, max: Option<u64>) -> Vec<Vec<&'a TensorSource<'a>>> {
+    let Some(max) = max else {
+        return vec![g.tensors.iter().collect()];
+    };
+    let mut shards: Vec<Vec<&TensorSource>> = vec![Vec::new()];
+    let mut used = 0u64;
+    for t in &g.tensors {
+        let n = t.data.len() as u64;
+        if used > 0 && used + n > max {
+            shards.push(Vec::new());
+            used = 0;
+        }
+        shards.last_mut().expect("non-empty").push(t);
+        used += n;
+    }
+    shards
+}
+
+fn plan_files<'a>(
+    groups: &'a [GroupSource<'a>],
+    opts: &SaveOptions,
+    checkpoint_id: &str,
+) -> Result<Vec<PlannedFile<'a>>> {
+    let mut files = Vec::new();
+    for g in groups {
+        let shards = shard(g, opts.max_shard_bytes);
+        let n = shards.len();
+        for (i, sources) in shards.into_iter().enumerate() {
+            let name = if n == 1 {
+                format!("{}.safetensors", g.name)
+            } else {
+                format!("{}-{:05}-of-{:05}.safetensors", g.name, i + 1, n)
+            };
+            let mut meta = g.header_metadata.clone();
+            meta.push(("ckptio.checkpoint_id".into(), checkpoint_id.into()));
+            let specs: Vec<(&str, Dtype, &[u64])> =
+                sources.iter().map(|t| (t.name, t.dtype, t.shape)).collect();
+            let layout = format::plan(&specs, &meta)?;
+            files.push(PlannedFile {
+                name,
+                group: g.name,
+                layout,
+                sources,
+            });
+        }
+    }
+    Ok(files)
+}
+
+/// Hashes and writes `data` at `offset`, one chunk at a time.
+fn write_tensor(file: &File, path: &Path, offset: u64, data: &[u8]) -> Result<u64> {
+    let mut hasher = Hasher::new();
+    let mut pos = offset;
+    for chunk in data.chunks(CHUNK) {
+        hasher.update(chunk);
+        file.write_all_at(chunk, pos).ctx("write", path)?;
+        pos += chunk.len() as u64;
+    }
+    Ok(hasher.finish())
+}
+
+/// Reserves the file's blocks up front, so a full disk fails before any data is copied.
+fn reserve(file: &File, path: &Path, len: u64) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    if len == 0 {
+        return Ok(());
+    }
+    // SAFETY: plain syscall on an owned, open descriptor.
+    let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len as libc::off_t) };
+    match rc {
+        0 => Ok(()),
+        libc::EOPNOTSUPP | libc::EINVAL => file.set_len(len).ctx("resize", path),
+        e => Err(Error::io(
+            "allocate",
+            path,
+            std::io::Error::from_raw_os_error(e),
+        )),
+    }
+}
+
+struct WrittenFile {
+    group: String,
+    record: FileRecord,
+    tensors: Vec<TensorRecord>,
+}
+
+fn write_files(dir: &Path, files: &[PlannedFile], durable: bool) -> Result<Vec<WrittenFile>> {
+    // Open every file and write its header first, then stream all tensors in parallel.
+    let mut handles = Vec::with_capacity(files.len());
+    for f in files {
+        let path = dir.join(&f.name);
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .ctx("create", &path)?;
+        reserve(&file, &path, f.layout.file_len)?;
+        file.write_all_at(&f.layout.header, 0).ctx("write", &path)?;
+        handles.push((file, path));
+    }
+    let mut jobs: Vec<(usize, usize)> = files
+        .iter()
+        .enumerate()
+        .flat_map(|(fi, f)| (0..f.sources.len()).map(move |ti| (fi, ti)))
+        .collect();
+    // Largest first, so the long jobs start early.
+    jobs.sort_by_key(|&(fi, ti)| std::cmp::Reverse(files[fi].sources[ti].data.len()));
+    let hashes: Vec<((usize, usize), u64)> = jobs
+        .par_iter()
+        .map(|&(fi, ti)| {
+            let (file, path) = &handles[fi];
+            let offset = files[fi].layout.tensors[ti].begin;
+            write_tensor(file, path, offset, files[fi].sources[ti].data).map(|h| ((fi, ti), h))
+        })
+        .collect::<Result<_>>()?;
+    if durable {
+        handles
+            .par_iter()
+            .try_for_each(|(file, path)| file.sync_all().ctx("fsync", path))?;
+    }
+
+    let mut out: Vec<WrittenFile> = files
+        .iter()
+        .map(|f| WrittenFile {
+            group: f.group.to_owned(),
+            record: FileRecord {
+                name: f.name.clone(),
+                role: FileRole::Tensors,
+                size: f.layout.file_len,
+                xxh3: checksum::to_hex(checksum::hash(&f.layout.header)),
+            },
+            tensors: Vec::new(),
+        })
+        .collect();
+    let mut by_job = vec![Vec::new(); files.len()];
+    for ((fi, ti), h) in hashes {
+        by_job[fi].push((ti, h));
+    }
+    for (fi, mut hs) in by_job.into_iter().enumerate() {
+        hs.sort_unstable();
+        let f = &files[fi];
+        out[fi].tensors = hs
+            .into_iter()
+            .map(|(ti, h)| {
+                let t = &f.layout.tensors[ti];
+                TensorRecord {
+                    group: f.group.to_owned(),
+                    name: t.name.clone(),
+                    file: f.name.clone(),
+                    dtype: t.dtype.name().into(),
+                    shape: t.shape.clone(),
+                    byte_range: [t.begin, t.end],
+                    xxh3: checksum::to_hex(h),
+                }
+            })
+            .collect();
+    }
+    Ok(out)
+}
+
+/// Writes a small file in one go (manifest, shard index) and returns its record.
+fn write_small_file(dir: &Path, name: &str, bytes: &[u8], durable: bool) -> Result<FileRecord> {
+    let path = dir.join(name);
+    let file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .ctx("create", &path)?;
+    file.write_all_at(bytes, 0).ctx("write", &path)?;
+    if durable {
+        file.sync_all().ctx("fsync", &path)?;
+    }
+    Ok(FileRecord {
+        name: name.to_owned(),
+        role: FileRole::Index,
+        size: bytes.len() as u64,
+        xxh3: checksum::to_hex(checksum::hash(bytes)),
+    })
+}
+
+/// The Hugging Face sharded-checkpoint index for one group.
+fn shard_index(group: &str, written: &[WrittenFile]) -> Option<(String, Vec<u8>)> {
+    let files: Vec<&WrittenFile> = written.iter().filter(|w| w.group == group).collect();
+    if files.len() < 2 {
+        return None;
+    }
+    let mut weight_map = serde_json::Map::new();
+    let mut total = 0u64;
+    for w in &files {
+        for t in &w.tensors {
+            total += t.byte_range[1] - t.byte_range[0];
+            weight_map.insert(t.name.clone(), w.record.name.clone().into());
+        }
+    }
+    let index = serde_json::json!({"metadata": {"total_size": total}, "weight_map": weight_map});
+    let mut bytes = serde_json::to_vec_pretty(&index).expect("index serializes");
+    bytes.push(b'\n');
+    Some((format!("{group}.safetensors.index.json"), bytes))
+}
+
+/// Saves a checkpoint directory at `target`.
+///
+/// `user` is stored verbatim in the manifest (metadata, step, optimizer skeleton).
+/// On any error nothing is left behind and an existing checkpoint is untouched.
+pub fn save(
+    target: &Path,
+    kind: Kind,
+    groups: &[GroupSource],
+    user: Box<serde_json::value::RawValue>,
+    opts: &SaveOptions,
+) -> Result<()> {
+    validate(groups)?;
+    let staging: Staging = commit::stage(target, opts.overwrite)?;
+    let checkpoint_id = checksum::to_hex(commit::nonce());
+    let files = plan_files(groups, opts, &checkpoint_id)?;
+    let written =
+        pool::get(opts.threads)?.install(|| write_files(&staging.dir, &files, opts.durable))?;
+
+    let mut file_records: Vec<FileRecord> = written.iter().map(|w| w.record.clone()).collect();
+    for g in groups {
+        if let Some((name, bytes)) = shard_index(g.name, &written) {
+            file_records.push(write_small_file(&staging.dir, &name, &bytes, opts.durable)?);
+        }
+    }
+    // Tensor records in the caller's order.
+    let mut tensors: Vec<TensorRecord> =
+        Vec::with_capacity(groups.iter().map(|g| g.tensors.len()).sum());
+    let mut by_key: std::collections::HashMap<(&str, &str), &TensorRecord> = written
+        .iter()
+        .flat_map(|w| w.tensors.iter())
+        .map(|t| ((t.group.as_str(), t.name.as_str()), t))
+        .collect();
+    for g in groups {
+        for t in &g.tensors {
+            let rec = by_key
+                .remove(&(g.name, t.name))
+                .expect("every tensor was written");
+            tensors.push(rec.clone());
+        }
+    }
+    let manifest = Manifest {
+        format: manifest::FORMAT_NAME.into(),
+        format_version: manifest::FORMAT_VERSION,
+        kind,
+        checkpoint_id,
+        checksum: checksum::ALGORITHM.into(),
+        files: file_records,
+        tensors,
+        user,
+    };
+    write_small_file(
+        &staging.dir,
+        MANIFEST_NAME,
+        &manifest::encode(&manifest),
+        opts.durable,
+    )?;
+    staging.commit(opts.durable)
+}
