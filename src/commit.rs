@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::error::{Error, IoContext, Result};
+use crate::fault;
 use crate::manifest::MANIFEST_NAME;
 
 const TMP_TAG: &str = ".ckptio-tmp-";
@@ -139,6 +140,7 @@ impl Staging {
         if durable {
             fsync_dir(&self.dir)?;
         }
+        fault::point("before_commit");
         if self.replace {
             match rename_exchange(&self.dir, &self.target) {
                 Ok(()) => {}
@@ -162,6 +164,7 @@ impl Staging {
                 Err(e) => return Err(Error::io("rename into place", &self.target, e)),
             }
         }
+        fault::point("committed");
         if durable {
             fsync_dir(&parent)?;
         }
@@ -169,6 +172,7 @@ impl Staging {
         if self.replace {
             // After the exchange, the staging name holds the old checkpoint.
             let _ = fs::remove_dir_all(&self.dir);
+            fault::point("old_removed");
         }
         Ok(())
     }
@@ -176,6 +180,7 @@ impl Staging {
     fn replace_by_two_renames(&self, parent: &Path, name: &OsString, durable: bool) -> Result<()> {
         let aside = parent.join(side_name(name, OLD_TAG));
         fs::rename(&self.target, &aside).ctx("move old checkpoint aside", &self.target)?;
+        fault::point("moved_aside");
         if let Err(e) = fs::rename(&self.dir, &self.target) {
             let _ = fs::rename(&aside, &self.target);
             return Err(Error::io("rename into place", &self.target, e));

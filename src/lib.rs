@@ -8,6 +8,7 @@ pub mod checksum;
 pub mod commit;
 pub mod dtype;
 pub mod error;
+pub mod fault;
 pub mod format;
 pub mod manifest;
 pub mod pool;

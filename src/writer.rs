@@ -13,6 +13,7 @@ use crate::checksum::{self, Hasher};
 use crate::commit::{self, Staging};
 use crate::dtype::{byte_len, Dtype};
 use crate::error::{Error, IoContext, Result};
+use crate::fault;
 use crate::format::{self, FileLayout};
 use crate::manifest::{self, FileRecord, FileRole, Kind, Manifest, TensorRecord, MANIFEST_NAME};
 use crate::pool;
@@ -208,6 +209,7 @@ fn write_files(dir: &Path, files: &[PlannedFile], durable: bool) -> Result<Vec<W
         reserve(&file, &path, f.layout.file_len)?;
         file.write_all_at(&f.layout.header, 0).ctx("write", &path)?;
         handles.push((file, path));
+        fault::point("file");
     }
     let mut jobs: Vec<(usize, usize)> = files
         .iter()
@@ -221,14 +223,18 @@ fn write_files(dir: &Path, files: &[PlannedFile], durable: bool) -> Result<Vec<W
         .map(|&(fi, ti)| {
             let (file, path) = &handles[fi];
             let offset = files[fi].layout.tensors[ti].begin;
-            write_tensor(file, path, offset, files[fi].sources[ti].data).map(|h| ((fi, ti), h))
+            let h = write_tensor(file, path, offset, files[fi].sources[ti].data)?;
+            fault::point("data");
+            Ok(((fi, ti), h))
         })
         .collect::<Result<_>>()?;
+    fault::point("data_written");
     if durable {
         handles
             .par_iter()
             .try_for_each(|(file, path)| file.sync_all().ctx("fsync", path))?;
     }
+    fault::point("files_synced");
 
     let mut out: Vec<WrittenFile> = files
         .iter()
@@ -322,6 +328,7 @@ pub fn save(
 ) -> Result<()> {
     validate(groups)?;
     let staging: Staging = commit::stage(target, opts.overwrite)?;
+    fault::point("staged");
     let checkpoint_id = checksum::to_hex(commit::nonce());
     let files = plan_files(groups, opts, &checkpoint_id)?;
     let written =
@@ -365,5 +372,6 @@ pub fn save(
         &manifest::encode(&manifest),
         opts.durable,
     )?;
+    fault::point("manifest_written");
     staging.commit(opts.durable)
 }
