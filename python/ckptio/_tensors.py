@@ -64,6 +64,29 @@ def _torch(name: str, t: Any) -> Saveable:
     return Saveable(st, shape, flat.view(torch.uint8).numpy(), t)
 
 
+def storage_key(value: Any) -> tuple[Any, ...] | None:
+    """Identifies the memory a tensor views: equal keys mean the same bytes (tied
+    weights). None for empty tensors, whose data pointer means nothing.
+
+    Example:
+        >>> a = np.zeros(3)
+        >>> storage_key(a) == storage_key(a[:]), storage_key(a) == storage_key(a.copy())
+        (True, False)
+    """
+    if isinstance(value, np.ndarray) and value.size:
+        return ("numpy", value.__array_interface__["data"][0], value.dtype.str, value.shape, value.strides)
+    if is_torch_tensor(value) and value.numel():
+        return (
+            "torch",
+            value.data_ptr(),
+            str(value.dtype),
+            tuple(value.shape),
+            value.stride(),
+            str(value.device),
+        )
+    return None
+
+
 def as_saveable(name: str, value: Any) -> Saveable:
     """Checks one tensor and returns its zero-copy byte view."""
     if not isinstance(name, str):

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from ._tensors import is_torch_tensor
+from ._tensors import is_torch_tensor, storage_key
 
 # Each tree level is three JSON levels; the manifest parser stops at 128.
 MAX_DEPTH = 32
@@ -41,6 +41,7 @@ class _Flattener:
         self.prefix = prefix
         self.arrays: list[tuple[str, Any]] = []
         self.names: set[str] = set()
+        self.by_storage: dict[tuple[Any, ...], str] = {}
 
     def _name(self, path: tuple[Any, ...]) -> str:
         base = ".".join(str(p) for p in path) or self.prefix
@@ -88,8 +89,13 @@ class _Flattener:
                 f"optimizer state at {_path_str(path)}: unsupported {t.__module__}.{t.__qualname__}; "
                 "leaves must be arrays, tensors, int, float, bool, None or str"
             )
+        key = storage_key(value)
+        if key is not None and key in self.by_storage:  # the same memory again: store once
+            return {tag: self.by_storage[key]}
         name = self._name(path)
         self.arrays.append((name, value))
+        if key is not None:
+            self.by_storage[key] = name
         return {tag: name}
 
 

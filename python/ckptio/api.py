@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from . import _core
-from ._tensors import as_saveable
+from ._tensors import as_saveable, storage_key
 from ._tree import flatten
 from .checkpoint import OPTIMIZER, WEIGHTS, Checkpoint
 
@@ -26,7 +26,7 @@ class TrainingState(NamedTuple):
     metadata: Any
 
 
-def _user_section(metadata: Any, step: Any, optimizer_skeleton: Any) -> str:
+def _user_section(metadata: Any, step: Any, optimizer_skeleton: Any, weights: _Weights) -> str:
     if step is not None:
         if isinstance(step, bool) or not hasattr(step, "__index__"):
             raise TypeError(f"step must be an int or None, got {type(step).__name__}")
@@ -35,23 +35,50 @@ def _user_section(metadata: Any, step: Any, optimizer_skeleton: Any) -> str:
         meta_json = json.dumps(metadata, allow_nan=False)
     except (TypeError, ValueError) as e:
         raise type(e)(f"metadata must be JSON-serializable (no NaN/inf): {e}") from None
-    body = json.dumps({"step": step, "optimizer": optimizer_skeleton}, allow_nan=False)
+    section: dict[str, Any] = {"step": step, "optimizer": optimizer_skeleton}
+    if weights.aliases:
+        section["aliases"] = weights.aliases
+        section["order"] = weights.order
+    body = json.dumps(section, allow_nan=False)
     return '{"metadata":' + meta_json + "," + body[1:]
 
 
-def _group(name: str, tensors: Any, header_metadata: list[tuple[str, str]]) -> tuple[Any, ...]:
-    items = tensors.items() if isinstance(tensors, Mapping) else tensors
-    rows = []
-    for tensor_name, value in items:
-        s = as_saveable(tensor_name, value)
-        rows.append((tensor_name, s.dtype, list(s.shape), s.buffer))
-    return (name, rows, header_metadata)
+class _Weights(NamedTuple):
+    """The weights group ready for the core, with tied entries folded."""
+
+    rows: list[tuple[str, str, list[int], Any]]
+    aliases: list[tuple[str, str]]  # (alias, name stored)
+    order: list[str]
+
+
+def _rows(items: Any, *, fold_tied: bool) -> _Weights:
+    rows: list[tuple[str, str, list[int], Any]] = []
+    aliases: list[tuple[str, str]] = []
+    order: list[str] = []
+    stored: dict[tuple[Any, ...], str] = {}
+    for name, value in items:
+        key = storage_key(value) if fold_tied and isinstance(name, str) else None
+        if key is not None and key in stored:  # tied weights: same memory, store once
+            aliases.append((name, stored[key]))
+        else:
+            s = as_saveable(name, value)
+            rows.append((name, s.dtype, list(s.shape), s.buffer))
+            if key is not None:
+                stored[key] = name
+        order.append(name)
+    return _Weights(rows, aliases, order)
+
+
+def _fold_weights(weights: Mapping[str, Any]) -> _Weights:
+    if not isinstance(weights, Mapping):
+        raise TypeError(f"weights must be a mapping of name -> array, got {type(weights).__name__}")
+    return _rows(weights.items(), fold_tied=True)
 
 
 def _save(
     path: PathLike,
     kind: str,
-    weights: Mapping[str, Any],
+    weights: _Weights,
     optimizer_arrays: list[tuple[str, Any]] | None,
     user_json: str,
     *,
@@ -60,15 +87,13 @@ def _save(
     threads: int | None,
     max_shard_bytes: int | None,
 ) -> Path:
-    if not isinstance(weights, Mapping):
-        raise TypeError(f"weights must be a mapping of name -> array, got {type(weights).__name__}")
     if max_shard_bytes is not None and max_shard_bytes <= 0:
         raise ValueError(f"max_shard_bytes must be positive, got {max_shard_bytes}")
     if threads is not None and threads <= 0:
         raise ValueError(f"threads must be positive, got {threads}")
-    groups = [_group(WEIGHTS, weights, [("format", "pt")])]
+    groups: list[tuple[Any, ...]] = [(WEIGHTS, weights.rows, [("format", "pt")])]
     if optimizer_arrays is not None:
-        groups.append(_group(OPTIMIZER, optimizer_arrays, []))
+        groups.append((OPTIMIZER, _rows(optimizer_arrays, fold_tied=False).rows, []))
     _core.save(
         os.fspath(path),
         kind,
@@ -105,9 +130,10 @@ def save_weights_for_sampler(
         >>> ckptio.save_weights_for_sampler(path, {"weight_happy": np.array(2.0)}).name
         'sampler-000100'
     """
-    user = _user_section(metadata, None, None)
+    folded = _fold_weights(weights)
+    user = _user_section(metadata, None, None, folded)
     return _save(
-        path, "sampler", weights, None, user,
+        path, "sampler", folded, None, user,
         overwrite=overwrite, durable=durable, threads=threads, max_shard_bytes=max_shard_bytes,
     )  # fmt: skip
 
@@ -139,10 +165,11 @@ def save_state(
         >>> ckptio.load_state_with_optimizer(path).optimizer_state == adam
         True
     """
+    folded = _fold_weights(weights)
     skeleton, arrays = flatten(optimizer_state)
-    user = _user_section(metadata, step, skeleton)
+    user = _user_section(metadata, step, skeleton, folded)
     return _save(
-        path, "state", weights, arrays, user,
+        path, "state", folded, arrays, user,
         overwrite=overwrite, durable=durable, threads=threads, max_shard_bytes=max_shard_bytes,
     )  # fmt: skip
 

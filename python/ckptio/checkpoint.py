@@ -60,8 +60,23 @@ class Checkpoint(Mapping[str, Any]):
         for group, name, dtype, shape, fi, begin, end in self._core.tensors():
             info = TensorInfo(name, group, dtype, tuple(shape), end - begin, names[fi])
             self._infos[(group, name)] = (info, fi, begin, end)
-        self._weight_names = [n for g, n in self._infos if g == WEIGHTS]
+        self._aliases, self._weight_names = self._read_aliases()
         self._bytes: dict[int, np.ndarray] = {}
+
+    def _read_aliases(self) -> tuple[dict[str, str], list[str]]:
+        """Tied weights: names saved as another entry's storage, and the full order."""
+        stored = [n for g, n in self._infos if g == WEIGHTS]
+        raw_aliases = self._user.get("aliases") or []
+        try:
+            aliases = {str(a): str(t) for a, t in raw_aliases}
+            order = [str(n) for n in self._user.get("order") or stored]
+        except (TypeError, ValueError):
+            raise FormatError(f"{self.path}: invalid aliases in manifest", file=self.path) from None
+        if any(
+            (WEIGHTS, t) not in self._infos or (WEIGHTS, a) in self._infos for a, t in aliases.items()
+        ) or sorted(order) != sorted([*stored, *aliases]):
+            raise FormatError(f"{self.path}: aliases/order disagree with the tensor index", file=self.path)
+        return aliases, order
 
     # -- description -------------------------------------------------------------
     @property
@@ -87,11 +102,14 @@ class Checkpoint(Mapping[str, Any]):
 
     @property
     def tensors(self) -> list[TensorInfo]:
-        """Every tensor (weights, then optimizer), in save order."""
+        """Every stored tensor (weights, then optimizer), in save order."""
         return [entry[0] for entry in self._infos.values()]
 
     def info(self, name: str, group: str = WEIGHTS) -> TensorInfo:
-        """dtype, shape, nbytes and file of one tensor."""
+        """dtype, shape, nbytes and file of one tensor (a tied weight reports the
+        entry it shares storage with, under its own name)."""
+        if group == WEIGHTS and name in self._aliases:
+            return self.info(self._aliases[name])._replace(name=name)
         try:
             return self._infos[(group, name)][0]
         except KeyError:
@@ -107,6 +125,8 @@ class Checkpoint(Mapping[str, Any]):
     def tensor(self, name: str, group: str = WEIGHTS, *, framework: str = "numpy", device: Any = None) -> Any:
         """One tensor as a zero-copy view (numpy array or, with framework="torch", a
         torch tensor; ``device`` moves it, which copies)."""
+        if group == WEIGHTS:
+            name = self._aliases.get(name, name)
         try:
             info, fi, begin, end = self._infos[(group, name)]
         except KeyError:
@@ -130,11 +150,19 @@ class Checkpoint(Mapping[str, Any]):
         return len(self._weight_names)
 
     def __contains__(self, name: object) -> bool:
-        return (WEIGHTS, name) in self._infos
+        return (WEIGHTS, name) in self._infos or name in self._aliases
 
     def weights(self, *, framework: str = "numpy", device: Any = None) -> dict[str, Any]:
-        """All weights, in save order, as zero-copy views."""
-        return {n: self.tensor(n, framework=framework, device=device) for n in self._weight_names}
+        """All weights, in save order, as zero-copy views. Tied weights come back as
+        one object under each of their names."""
+        out = {
+            n: self.tensor(n, framework=framework, device=device)
+            for n in self._weight_names
+            if n not in self._aliases
+        }
+        for alias, target in self._aliases.items():
+            out[alias] = out[target]
+        return {n: out[n] for n in self._weight_names}
 
     def optimizer_state(self, *, framework: str | None = None, device: Any = None) -> Any:
         """The optimizer tree exactly as saved. Array leaves come back as the type they
