@@ -43,6 +43,11 @@ impl MappedFile {
         self.map.len()
     }
 
+    /// The open file behind the mapping (for positional reads that bypass it).
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
     }
