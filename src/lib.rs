@@ -6,6 +6,7 @@
 
 pub mod checksum;
 pub mod commit;
+pub mod copy;
 pub mod dtype;
 pub mod error;
 pub mod fault;

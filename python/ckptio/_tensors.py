@@ -17,7 +17,7 @@ class Saveable(NamedTuple):
     dtype: str
     shape: tuple[int, ...]
     buffer: Any  # a C-contiguous object exporting the buffer protocol
-    source: Any  # what the caller passed (keeps it alive, identifies shared storage)
+    borrowed: bool  # True: ``buffer`` is the caller's memory; False: a private copy
 
 
 def is_torch_tensor(value: Any) -> bool:
@@ -30,7 +30,8 @@ def is_array(value: Any) -> bool:
     return isinstance(value, np.ndarray) or is_torch_tensor(value)
 
 
-def _numpy(name: str, arr: np.ndarray) -> Saveable:
+def _numpy(name: str, value: np.ndarray) -> Saveable:
+    arr = value
     if arr.dtype.hasobject:
         raise TypeError(f"tensor {name!r}: object arrays cannot be saved (dtype {arr.dtype})")
     st = numpy_to_st(arr.dtype)
@@ -41,15 +42,16 @@ def _numpy(name: str, arr: np.ndarray) -> Saveable:
     if arr.dtype.byteorder == ">":
         arr = arr.astype(arr.dtype.newbyteorder("<"))
     flat = np.ascontiguousarray(arr).reshape(-1)
-    return Saveable(st, tuple(arr.shape), flat.view(np.uint8), arr)
+    return Saveable(st, tuple(arr.shape), flat.view(np.uint8), np.may_share_memory(flat, value))
 
 
 def _torch(name: str, t: Any) -> Saveable:
-    if t.layout.__repr__() != "torch.strided":
+    if str(t.layout) != "torch.strided":
         raise TypeError(f"tensor {name!r}: only dense (strided) torch tensors can be saved, got {t.layout}")
     st = torch_to_st(t.dtype)
     if st is None:
         raise TypeError(f"tensor {name!r}: torch dtype {t.dtype} is not supported")
+    source_ptr, on_cpu = t.data_ptr(), t.device.type == "cpu"
     t = t.detach()
     if t.device.type != "cpu":
         t = t.to("cpu")  # device tensors are copied to host; CPU ones are not copied
@@ -61,7 +63,8 @@ def _torch(name: str, t: Any) -> Saveable:
     flat = t.contiguous().reshape(-1)
     import torch
 
-    return Saveable(st, shape, flat.view(torch.uint8).numpy(), t)
+    borrowed = on_cpu and flat.data_ptr() == source_ptr
+    return Saveable(st, shape, flat.view(torch.uint8).numpy(), borrowed)
 
 
 def storage_key(value: Any) -> tuple[Any, ...] | None:

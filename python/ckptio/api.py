@@ -3,16 +3,14 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from . import _core
-from ._tensors import as_saveable, storage_key
-from ._tree import flatten
-from .checkpoint import OPTIMIZER, WEIGHTS, Checkpoint
+from ._plan import SavePlan
+from .checkpoint import Checkpoint
 
 PathLike = str | os.PathLike[str]
 
@@ -24,87 +22,6 @@ class TrainingState(NamedTuple):
     optimizer_state: Any
     step: int | None
     metadata: Any
-
-
-def _user_section(metadata: Any, step: Any, optimizer_skeleton: Any, weights: _Weights) -> str:
-    if step is not None:
-        if isinstance(step, bool) or not hasattr(step, "__index__"):
-            raise TypeError(f"step must be an int or None, got {type(step).__name__}")
-        step = int(step)
-    try:
-        meta_json = json.dumps(metadata, allow_nan=False)
-    except (TypeError, ValueError) as e:
-        raise type(e)(f"metadata must be JSON-serializable (no NaN/inf): {e}") from None
-    section: dict[str, Any] = {"step": step, "optimizer": optimizer_skeleton}
-    if weights.aliases:
-        section["aliases"] = weights.aliases
-        section["order"] = weights.order
-    body = json.dumps(section, allow_nan=False)
-    return '{"metadata":' + meta_json + "," + body[1:]
-
-
-class _Weights(NamedTuple):
-    """The weights group ready for the core, with tied entries folded."""
-
-    rows: list[tuple[str, str, list[int], Any]]
-    aliases: list[tuple[str, str]]  # (alias, name stored)
-    order: list[str]
-
-
-def _rows(items: Any, *, fold_tied: bool) -> _Weights:
-    rows: list[tuple[str, str, list[int], Any]] = []
-    aliases: list[tuple[str, str]] = []
-    order: list[str] = []
-    stored: dict[tuple[Any, ...], str] = {}
-    for name, value in items:
-        key = storage_key(value) if fold_tied and isinstance(name, str) else None
-        if key is not None and key in stored:  # tied weights: same memory, store once
-            aliases.append((name, stored[key]))
-        else:
-            s = as_saveable(name, value)
-            rows.append((name, s.dtype, list(s.shape), s.buffer))
-            if key is not None:
-                stored[key] = name
-        order.append(name)
-    return _Weights(rows, aliases, order)
-
-
-def _fold_weights(weights: Mapping[str, Any]) -> _Weights:
-    if not isinstance(weights, Mapping):
-        raise TypeError(f"weights must be a mapping of name -> array, got {type(weights).__name__}")
-    return _rows(weights.items(), fold_tied=True)
-
-
-def _save(
-    path: PathLike,
-    kind: str,
-    weights: _Weights,
-    optimizer_arrays: list[tuple[str, Any]] | None,
-    user_json: str,
-    *,
-    overwrite: bool,
-    durable: bool,
-    threads: int | None,
-    max_shard_bytes: int | None,
-) -> Path:
-    if max_shard_bytes is not None and max_shard_bytes <= 0:
-        raise ValueError(f"max_shard_bytes must be positive, got {max_shard_bytes}")
-    if threads is not None and threads <= 0:
-        raise ValueError(f"threads must be positive, got {threads}")
-    groups: list[tuple[Any, ...]] = [(WEIGHTS, weights.rows, [("format", "pt")])]
-    if optimizer_arrays is not None:
-        groups.append((OPTIMIZER, _rows(optimizer_arrays, fold_tied=False).rows, []))
-    _core.save(
-        os.fspath(path),
-        kind,
-        groups,
-        user_json,
-        overwrite=overwrite,
-        durable=durable,
-        threads=threads or 0,
-        max_shard_bytes=max_shard_bytes,
-    )
-    return Path(path)
 
 
 def save_weights_for_sampler(
@@ -130,12 +47,10 @@ def save_weights_for_sampler(
         >>> ckptio.save_weights_for_sampler(path, {"weight_happy": np.array(2.0)}).name
         'sampler-000100'
     """
-    folded = _fold_weights(weights)
-    user = _user_section(metadata, None, None, folded)
-    return _save(
-        path, "sampler", folded, None, user,
+    return SavePlan(
+        path, "sampler", weights, metadata=metadata,
         overwrite=overwrite, durable=durable, threads=threads, max_shard_bytes=max_shard_bytes,
-    )  # fmt: skip
+    ).write()  # fmt: skip
 
 
 def save_state(
@@ -165,13 +80,10 @@ def save_state(
         >>> ckptio.load_state_with_optimizer(path).optimizer_state == adam
         True
     """
-    folded = _fold_weights(weights)
-    skeleton, arrays = flatten(optimizer_state)
-    user = _user_section(metadata, step, skeleton, folded)
-    return _save(
-        path, "state", folded, arrays, user,
+    return SavePlan(
+        path, "state", weights, optimizer_state, step=step, metadata=metadata,
         overwrite=overwrite, durable=durable, threads=threads, max_shard_bytes=max_shard_bytes,
-    )  # fmt: skip
+    ).write()  # fmt: skip
 
 
 def open(path: PathLike) -> Checkpoint:
@@ -189,13 +101,15 @@ def open(path: PathLike) -> Checkpoint:
 
 
 def load_state(
-    path: PathLike, *, framework: str = "numpy", device: Any = None, verify: bool = False
+    path: PathLike, *, framework: str = "numpy", device: Any = None, verify: bool = False, copy: bool = False
 ) -> dict[str, Any]:
     """Loads the weights of either kind of checkpoint, in save order, as zero-copy
     views of the mapped files (numpy, or torch with ``framework="torch"``).
 
     ``verify=True`` checks every tensor's checksum first. By default the load checks
     the manifest checksum, every header checksum and all structure, but not the data.
+    ``copy=True`` reads the weights into fresh memory instead of mapping them (parallel
+    reads, each tensor's checksum checked as it is read).
 
     Example:
         >>> import numpy as np, ckptio, tempfile, os
@@ -207,8 +121,9 @@ def load_state(
     ckpt = Checkpoint(path)
     if verify:
         ckpt.verify()
-    ckpt.prefetch()
-    return ckpt.weights(framework=framework, device=device)
+    if not copy:
+        ckpt.prefetch()
+    return ckpt.weights(framework=framework, device=device, copy=copy)
 
 
 def load_state_with_optimizer(

@@ -56,10 +56,10 @@ class Checkpoint(Mapping[str, Any]):
         except (ValueError, TypeError) as e:
             raise FormatError(f"{self.path}: invalid user section in manifest: {e}", file=self.path) from None
         names = self._core.file_names
-        self._infos: dict[tuple[str, str], tuple[TensorInfo, int, int, int]] = {}
-        for group, name, dtype, shape, fi, begin, end in self._core.tensors():
+        self._infos: dict[tuple[str, str], tuple[TensorInfo, int, int, int, int]] = {}
+        for index, (group, name, dtype, shape, fi, begin, end) in enumerate(self._core.tensors()):
             info = TensorInfo(name, group, dtype, tuple(shape), end - begin, names[fi])
-            self._infos[(group, name)] = (info, fi, begin, end)
+            self._infos[(group, name)] = (info, fi, begin, end, index)
         self._aliases, self._weight_names = self._read_aliases()
         self._bytes: dict[int, np.ndarray] = {}
 
@@ -128,7 +128,7 @@ class Checkpoint(Mapping[str, Any]):
         if group == WEIGHTS:
             name = self._aliases.get(name, name)
         try:
-            info, fi, begin, end = self._infos[(group, name)]
+            info, fi, begin, end, _ = self._infos[(group, name)]
         except KeyError:
             raise KeyError(f"no tensor {name!r} in {group!r} of {self.path}") from None
         raw = self._file_bytes(fi)[begin:end]
@@ -152,17 +152,43 @@ class Checkpoint(Mapping[str, Any]):
     def __contains__(self, name: object) -> bool:
         return (WEIGHTS, name) in self._infos or name in self._aliases
 
-    def weights(self, *, framework: str = "numpy", device: Any = None) -> dict[str, Any]:
-        """All weights, in save order, as zero-copy views. Tied weights come back as
-        one object under each of their names."""
-        out = {
-            n: self.tensor(n, framework=framework, device=device)
-            for n in self._weight_names
-            if n not in self._aliases
-        }
+    def weights(self, *, framework: str = "numpy", device: Any = None, copy: bool = False) -> dict[str, Any]:
+        """All weights, in save order. Zero-copy views by default; ``copy=True`` reads
+        them into fresh memory with parallel positional reads, checking every
+        tensor's checksum on the way. Tied weights come back as one object under each
+        of their names."""
+        stored = [n for n in self._weight_names if n not in self._aliases]
+        if copy:
+            out = self._read_copies(stored, framework, device)
+        else:
+            out = {n: self.tensor(n, framework=framework, device=device) for n in stored}
         for alias, target in self._aliases.items():
             out[alias] = out[target]
         return {n: out[n] for n in self._weight_names}
+
+    def _read_copies(self, names: list[str], framework: str, device: Any) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        jobs = []
+        for name in names:
+            info, _, _, _, index = self._infos[(WEIGHTS, name)]
+            if framework == "numpy":
+                if device is not None:
+                    raise ValueError("device= needs framework='torch'")
+                arr = np.empty(info.shape, st_to_numpy(info.dtype))
+                dest = arr.reshape(-1).view(np.uint8)
+            elif framework == "torch":
+                import torch
+
+                arr = torch.empty(info.shape, dtype=st_to_torch(info.dtype))
+                dest = arr.reshape(-1).view(torch.uint8).numpy()
+            else:
+                raise ValueError(f"framework must be 'numpy' or 'torch', got {framework!r}")
+            out[name] = arr
+            jobs.append((index, dest))
+        self._core.read_into(jobs, True, 0)
+        if framework == "torch" and device is not None:
+            out = {n: t.to(device) for n, t in out.items()}
+        return out
 
     def optimizer_state(self, *, framework: str | None = None, device: Any = None) -> Any:
         """The optimizer tree exactly as saved. Array leaves come back as the type they

@@ -4,6 +4,7 @@
 use std::os::raw::c_int;
 use std::sync::Arc;
 
+use pyo3::buffer::PyUntypedBuffer;
 use pyo3::exceptions::PyIndexError;
 use pyo3::ffi;
 use pyo3::prelude::*;
@@ -85,6 +86,36 @@ impl PyCheckpoint {
     fn verify(&self, py: Python<'_>, threads: usize) -> PyResult<()> {
         let inner = self.inner.clone();
         py.detach(move || inner.verify(threads)).into_py_result()
+    }
+
+    /// Reads tensors (by index in `tensors()`) into writable buffers with parallel
+    /// positional reads, checking checksums when `verify`.
+    #[pyo3(signature = (jobs, verify=true, threads=0))]
+    fn read_into(
+        &self,
+        py: Python<'_>,
+        jobs: Vec<(usize, Bound<'_, PyAny>)>,
+        verify: bool,
+        threads: usize,
+    ) -> PyResult<()> {
+        let held: Vec<(usize, PyUntypedBuffer)> = jobs
+            .iter()
+            .map(|(i, b)| Ok((*i, PyUntypedBuffer::get(b)?)))
+            .collect::<PyResult<_>>()?;
+        let spans: Vec<(usize, (usize, usize))> = held
+            .iter()
+            .map(|(i, b)| Ok((*i, super::buffer_bytes(b, true, "destination")?)))
+            .collect::<PyResult<_>>()?;
+        let inner = self.inner.clone();
+        py.detach(move || {
+            // SAFETY: buffers are held until return and are fresh caller allocations.
+            let jobs = spans
+                .into_iter()
+                .map(|(i, s)| (i, unsafe { super::slice_mut(s) }))
+                .collect();
+            crate::copy::read_tensors(&inner, jobs, verify, threads)
+        })
+        .into_py_result()
     }
 
     /// Starts read-ahead of every tensor file (`madvise(WILLNEED)`).

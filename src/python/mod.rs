@@ -114,6 +114,70 @@ fn save(
     .into_py_result()
 }
 
+/// Borrows a buffer's bytes for the duration of a call.
+pub(crate) fn buffer_bytes(
+    buf: &PyUntypedBuffer,
+    writable: bool,
+    what: &str,
+) -> PyResult<(usize, usize)> {
+    if !buf.is_c_contiguous() {
+        return Err(PyValueError::new_err(format!(
+            "{what}: buffer is not C-contiguous"
+        )));
+    }
+    if writable && buf.readonly() {
+        return Err(PyValueError::new_err(format!(
+            "{what}: buffer is read-only"
+        )));
+    }
+    Ok((buf.buf_ptr() as usize, buf.len_bytes()))
+}
+
+/// Slice from an address and length taken by `buffer_bytes` (empty buffers may have
+/// no valid pointer).
+///
+/// # Safety
+/// The buffer must be held for `'a` and, for `_mut`, nothing else may access it.
+pub(crate) unsafe fn slice_mut<'a>((ptr, len): (usize, usize)) -> &'a mut [u8] {
+    match len {
+        0 => &mut [],
+        n => unsafe { std::slice::from_raw_parts_mut(ptr as *mut u8, n) },
+    }
+}
+
+/// Copies each source buffer into its destination, in parallel, GIL released.
+#[pyfunction]
+#[pyo3(signature = (pairs, threads=0))]
+fn copy_into(
+    py: Python<'_>,
+    pairs: Vec<(Bound<'_, PyAny>, Bound<'_, PyAny>)>,
+    threads: usize,
+) -> PyResult<()> {
+    let held: Vec<(PyUntypedBuffer, PyUntypedBuffer)> = pairs
+        .iter()
+        .map(|(s, d)| Ok((PyUntypedBuffer::get(s)?, PyUntypedBuffer::get(d)?)))
+        .collect::<PyResult<_>>()?;
+    let spans: Vec<((usize, usize), (usize, usize))> = held
+        .iter()
+        .map(|(s, d)| {
+            Ok((
+                buffer_bytes(s, false, "source")?,
+                buffer_bytes(d, true, "destination")?,
+            ))
+        })
+        .collect::<PyResult<_>>()?;
+    py.detach(|| {
+        // SAFETY: all buffers are held until return; destinations are distinct objects
+        // the caller allocated for this copy.
+        let jobs = spans
+            .iter()
+            .map(|&(s, d)| unsafe { (&*slice_mut(s), slice_mut(d)) })
+            .collect();
+        crate::copy::copy_all(jobs, threads)
+    })
+    .into_py_result()
+}
+
 /// Opens a checkpoint (reads the manifest and headers, maps the files); see `_core.pyi`.
 #[pyfunction]
 fn open(py: Python<'_>, path: PathBuf) -> PyResult<PyCheckpoint> {
@@ -133,6 +197,7 @@ fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(save, m)?)?;
     m.add_function(wrap_pyfunction!(open, m)?)?;
     m.add_function(wrap_pyfunction!(cleanup, m)?)?;
+    m.add_function(wrap_pyfunction!(copy_into, m)?)?;
     m.add_class::<PyCheckpoint>()?;
     m.add_class::<PyMappedFile>()?;
     m.add("FORMAT_VERSION", crate::manifest::FORMAT_VERSION)?;

@@ -1,0 +1,146 @@
+"""A save, prepared: arguments checked, tensors turned into byte views, the optimizer
+tree flattened, the manifest's user section encoded. ``write()`` hands it to the core;
+``snapshot()`` first copies the caller's memory aside (for async saves)."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from . import _core
+from ._tensors import as_saveable, storage_key
+from ._tree import flatten
+from .checkpoint import OPTIMIZER, WEIGHTS
+
+PathLike = str | os.PathLike[str]
+_ALIGN = 64  # staging slices start on cache lines
+
+
+class _Row(NamedTuple):
+    name: str
+    dtype: str
+    shape: list[int]
+    buffer: Any
+    borrowed: bool  # still the caller's memory
+
+
+class _Rows(NamedTuple):
+    rows: list[_Row]
+    aliases: list[tuple[str, str]]  # (alias, stored name): tied weights
+    order: list[str]
+
+
+def _rows(items: Any, *, fold_tied: bool) -> _Rows:
+    rows: list[_Row] = []
+    aliases: list[tuple[str, str]] = []
+    order: list[str] = []
+    stored: dict[tuple[Any, ...], str] = {}
+    for name, value in items:
+        key = storage_key(value) if fold_tied and isinstance(name, str) else None
+        if key is not None and key in stored:  # tied weights: same memory, store once
+            aliases.append((name, stored[key]))
+        else:
+            s = as_saveable(name, value)
+            rows.append(_Row(name, s.dtype, list(s.shape), s.buffer, s.borrowed))
+            if key is not None:
+                stored[key] = name
+        order.append(name)
+    return _Rows(rows, aliases, order)
+
+
+def _user_section(metadata: Any, step: Any, skeleton: Any, weights: _Rows) -> str:
+    if step is not None:
+        if isinstance(step, bool) or not hasattr(step, "__index__"):
+            raise TypeError(f"step must be an int or None, got {type(step).__name__}")
+        step = int(step)
+    try:
+        meta_json = json.dumps(metadata, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"metadata must be JSON-serializable (no NaN/inf): {e}") from None
+    section: dict[str, Any] = {"step": step, "optimizer": skeleton}
+    if weights.aliases:
+        section["aliases"] = weights.aliases
+        section["order"] = weights.order
+    return '{"metadata":' + meta_json + "," + json.dumps(section, allow_nan=False)[1:]
+
+
+class SavePlan:
+    """Everything a save needs, checked; built synchronously in the caller's thread."""
+
+    def __init__(
+        self,
+        path: PathLike,
+        kind: str,
+        weights: Mapping[str, Any],
+        optimizer_state: Any = None,
+        *,
+        step: Any = None,
+        metadata: Any = None,
+        overwrite: bool = False,
+        durable: bool = True,
+        threads: int | None = None,
+        max_shard_bytes: int | None = None,
+    ) -> None:
+        if not isinstance(weights, Mapping):
+            raise TypeError(f"weights must be a mapping of name -> array, got {type(weights).__name__}")
+        if max_shard_bytes is not None and max_shard_bytes <= 0:
+            raise ValueError(f"max_shard_bytes must be positive, got {max_shard_bytes}")
+        if threads is not None and threads <= 0:
+            raise ValueError(f"threads must be positive, got {threads}")
+        self.path = Path(path)
+        self.kind = kind
+        self.overwrite, self.durable = overwrite, durable
+        self.threads, self.max_shard_bytes = threads or 0, max_shard_bytes
+        folded = _rows(weights.items(), fold_tied=True)
+        self.groups: list[tuple[str, list[_Row], list[tuple[str, str]]]] = [
+            (WEIGHTS, folded.rows, [("format", "pt")])
+        ]
+        skeleton = None
+        if kind == "state":
+            skeleton, arrays = flatten(optimizer_state)
+            self.groups.append((OPTIMIZER, _rows(arrays, fold_tied=False).rows, []))
+        self.user_json = _user_section(metadata, step, skeleton, folded)
+
+    @property
+    def nbytes(self) -> int:
+        """Tensor bytes this save writes."""
+        return sum(len(r.buffer) for _, rows, _ in self.groups for r in rows)
+
+    def snapshot(self) -> None:
+        """Copies every tensor still in the caller's memory into one staging buffer
+        (parallel, GIL released), so the caller may change its tensors at once."""
+        borrowed = [
+            (g, i) for g, (_, rows, _) in enumerate(self.groups) for i, row in enumerate(rows) if row.borrowed
+        ]
+        sizes = [len(self.groups[g][1][i].buffer) for g, i in borrowed]
+        offsets, total = [], 0
+        for n in sizes:
+            offsets.append(total)
+            total += -(-n // _ALIGN) * _ALIGN
+        staging = np.empty(total, np.uint8)
+        pairs = []
+        for (g, i), off, n in zip(borrowed, offsets, sizes, strict=True):
+            row = self.groups[g][1][i]
+            copy = staging[off : off + n]
+            pairs.append((row.buffer, copy))
+            self.groups[g][1][i] = row._replace(buffer=copy, borrowed=False)
+        _core.copy_into(pairs, self.threads)
+
+    def write(self) -> Path:
+        """Writes and commits the checkpoint (GIL released inside the core)."""
+        _core.save(
+            os.fspath(self.path),
+            self.kind,
+            [(name, [r[:4] for r in rows], meta) for name, rows, meta in self.groups],
+            self.user_json,
+            overwrite=self.overwrite,
+            durable=self.durable,
+            threads=self.threads,
+            max_shard_bytes=self.max_shard_bytes,
+        )
+        return self.path
