@@ -85,12 +85,13 @@ pub fn stage(target: &Path, overwrite: bool) -> Result<Staging> {
                 target.display()
             )))
         }
-        Err(_) => {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(Error::NotFound {
                 what: "parent directory does not exist",
                 path: parent,
             })
         }
+        Err(e) => return Err(Error::io("stat parent directory", &parent, e)),
     }
     let replace = match fs::symlink_metadata(target) {
         Err(_) => false,

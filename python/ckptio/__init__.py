@@ -28,6 +28,7 @@ from .api import (
     save_weights_for_sampler,
     verify,
 )
+from .async_save import SaveFuture, save_state_async, save_weights_for_sampler_async, wait_for_saves
 from .checkpoint import Checkpoint, TensorInfo
 from .errors import (
     CheckpointExistsError,
@@ -49,6 +50,7 @@ __all__ = [
     "CkptioError",
     "CorruptCheckpointError",
     "FormatError",
+    "SaveFuture",
     "StorageError",
     "TensorInfo",
     "TrainingState",
@@ -57,6 +59,9 @@ __all__ = [
     "load_state_with_optimizer",
     "open",
     "save_state",
+    "save_state_async",
     "save_weights_for_sampler",
+    "save_weights_for_sampler_async",
     "verify",
+    "wait_for_saves",
 ]

@@ -1,0 +1,173 @@
+"""Async saves: the call returns as soon as the tensors are snapshotted; the write,
+checksums, fsyncs and commit run in a background thread.
+
+- ``snapshot=True`` (default): every tensor still in the caller's memory is copied
+  into a staging buffer (parallel copy, GIL released) before the call returns, so the
+  caller may update its weights at once and the checkpoint holds the values of the
+  moment of the call. Costs one extra copy of the state in RAM until the write ends.
+- ``snapshot=False``: no copy; the caller promises not to change the tensors until
+  the future is done.
+- Saves to one target run one at a time, in call order: a second save to a path whose
+  previous async save is still running is snapshotted at once and then waits, in the
+  background, for the first to finish. The caller never waits for it.
+- At interpreter exit, pending saves are completed (the worker threads are joined) and
+  any failure nobody looked at is reported on stderr. A process killed mid-save leaves
+  the previous checkpoint intact: commits are atomic.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import sys
+import threading
+from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
+from pathlib import Path
+from typing import Any
+
+from ._plan import PathLike, SavePlan
+
+_WORKERS = 4
+
+
+class SaveFuture(Future[Path]):
+    """A ``concurrent.futures.Future`` whose result is the checkpoint path; a failed
+    save raises its exception from ``result()``."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.path = path
+        self._observed = False
+
+    def result(self, timeout: float | None = None) -> Path:
+        self._observed = True
+        return super().result(timeout)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        self._observed = True
+        return super().exception(timeout)
+
+
+_lock = threading.Lock()
+_executor: ThreadPoolExecutor | None = None
+_last_by_target: dict[str, SaveFuture] = {}
+_all: list[SaveFuture] = []
+
+
+def _run(plan: SavePlan, future: SaveFuture, previous: SaveFuture | None) -> None:
+    if previous is not None:
+        wait_futures([previous])  # one save per target at a time, in call order
+    if not future.set_running_or_notify_cancel():
+        return
+    try:
+        future.set_result(plan.write())
+    except BaseException as e:
+        future.set_exception(e)
+
+
+def _submit(plan: SavePlan, snapshot: bool) -> SaveFuture:
+    global _executor
+    if snapshot:
+        plan.snapshot()
+    future = SaveFuture(plan.path)
+    key = os.path.abspath(plan.path)
+    with _lock:
+        if _executor is None:
+            _executor = ThreadPoolExecutor(_WORKERS, thread_name_prefix="ckptio-save")
+        previous = _last_by_target.get(key)
+        _last_by_target[key] = future
+        _all[:] = [f for f in _all if not f.done() or (f.exception() is not None and not f._observed)]
+        _all.append(future)
+        _executor.submit(
+            _run, plan, future, previous if previous is not None and not previous.done() else None
+        )
+    return future
+
+
+def save_state_async(
+    path: PathLike,
+    weights: Mapping[str, Any],
+    optimizer_state: Any,
+    *,
+    step: int | None = None,
+    metadata: Any = None,
+    overwrite: bool = False,
+    durable: bool = True,
+    threads: int | None = None,
+    max_shard_bytes: int | None = None,
+    snapshot: bool = True,
+) -> SaveFuture:
+    """``save_state`` in the background; returns once the state is snapshotted.
+
+    Argument errors (bad names, dtypes, tree leaves) raise here, at once; errors of
+    the write itself (disk full, target exists) come from ``future.result()``.
+
+    Example:
+        >>> import numpy as np, ckptio, tempfile, os
+        >>> w = {"w": np.zeros(3)}
+        >>> fut = ckptio.save_state_async(os.path.join(tempfile.mkdtemp(), "s"), w, {"step": 1})
+        >>> w["w"] += 1  # safe: the checkpoint keeps the values of the call
+        >>> ckptio.load_state(fut.result())["w"].tolist()
+        [0.0, 0.0, 0.0]
+    """
+    plan = SavePlan(
+        path, "state", weights, optimizer_state, step=step, metadata=metadata,
+        overwrite=overwrite, durable=durable, threads=threads, max_shard_bytes=max_shard_bytes,
+    )  # fmt: skip
+    return _submit(plan, snapshot)
+
+
+def save_weights_for_sampler_async(
+    path: PathLike,
+    weights: Mapping[str, Any],
+    *,
+    metadata: Any = None,
+    overwrite: bool = False,
+    durable: bool = True,
+    threads: int | None = None,
+    max_shard_bytes: int | None = None,
+    snapshot: bool = True,
+) -> SaveFuture:
+    """``save_weights_for_sampler`` in the background; returns once the weights are
+    snapshotted (see ``save_state_async``).
+
+    Example:
+        >>> import numpy as np, ckptio, tempfile, os
+        >>> path = os.path.join(tempfile.mkdtemp(), "s")
+        >>> fut = ckptio.save_weights_for_sampler_async(path, {"w": np.ones(2)})
+        >>> fut.result().name
+        's'
+    """
+    plan = SavePlan(
+        path, "sampler", weights, metadata=metadata,
+        overwrite=overwrite, durable=durable, threads=threads, max_shard_bytes=max_shard_bytes,
+    )  # fmt: skip
+    return _submit(plan, snapshot)
+
+
+def wait_for_saves(timeout: float | None = None) -> list[Path]:
+    """Waits for every pending async save; returns their paths and raises the first
+    failure among them.
+
+    Example:
+        >>> import ckptio
+        >>> ckptio.wait_for_saves()
+        []
+    """
+    with _lock:
+        pending = [f for f in _all if not f.done() or not f._observed]
+    wait_futures(pending, timeout=timeout)
+    return [f.result(timeout=0) for f in pending]
+
+
+def _report_unobserved_failures() -> None:
+    # ThreadPoolExecutor joins its workers before atexit handlers run, so every
+    # pending save has finished here.
+    for f in list(_all):
+        if f.done() and not f.cancelled() and not f._observed and f.exception() is not None:
+            print(f"ckptio: async save to {f.path} failed: {f._exception!r}", file=sys.stderr)
+
+
+atexit.register(_report_unobserved_failures)
