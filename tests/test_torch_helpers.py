@@ -340,6 +340,36 @@ def test_checkpoint_written_by_the_core_api_loads_into_model_and_optimizer(ckpt_
         ckptio.torch.load_state(ckpt_path, fresh, fresh_opt, sched, rng=False)
 
 
+def test_async_save_keeps_the_state_of_the_call_while_training_goes_on(ckpt_path):
+    model, opt = _trained()
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    at_call = {k: v.clone() for k, v in model.state_dict().items()}
+    moments = {i: {k: v.clone() for k, v in s.items()} for i, s in opt.state_dict()["state"].items()}
+    rng_at_call = ckptio.torch.rng_state()
+    future = ckptio.torch.save_state_async(ckpt_path, model, opt, sched, extra={"epoch": 1}, step=3)
+    for _ in range(2):  # keeps training at once: in-place updates of weights and moments
+        opt.zero_grad()
+        model(torch.randn(6, 5)).logsumexp(1).mean().backward()
+        opt.step()
+        sched.step()
+    assert future.result() == ckpt_path
+
+    fresh, fresh_opt = _trained(seed=1, steps=0)
+    fresh_sched = torch.optim.lr_scheduler.StepLR(fresh_opt, step_size=1, gamma=0.5)
+    loaded = ckptio.torch.load_state(ckpt_path, fresh, fresh_opt, fresh_sched)
+    assert (loaded.step, loaded.extra) == (3, {"epoch": 1})
+    assert all(_bits(v) == _bits(at_call[k]) for k, v in fresh.state_dict().items())
+    assert all(
+        _bits(v) == _bits(moments[i][k])
+        for i, s in fresh_opt.state_dict()["state"].items()
+        for k, v in s.items()
+    )
+    assert fresh_sched.last_epoch == 0 and sched.last_epoch == 2
+    now = ckptio.torch.rng_state()
+    assert _bits(now["torch"]) == _bits(rng_at_call["torch"])
+    assert now["python"]["state"].tobytes() == rng_at_call["python"]["state"].tobytes()
+
+
 def test_docstring_examples_of_ckptio_torch_run():
     result = doctest.testmod(ckptio.torch, optionflags=doctest.ELLIPSIS)
-    assert result.attempted >= 7 and result.failed == 0
+    assert result.attempted >= 8 and result.failed == 0

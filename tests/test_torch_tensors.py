@@ -3,6 +3,7 @@ parameters, non-contiguous tensors, device placement, torch as an optional depen
 
 from __future__ import annotations
 
+import gc
 import os
 import subprocess
 import sys
@@ -20,6 +21,7 @@ DTYPES = [
     torch.float16, torch.bfloat16, torch.float32, torch.float64,
     torch.float8_e4m3fn, torch.float8_e5m2,
 ]  # fmt: skip
+DTYPES += [getattr(torch, n) for n in ("uint16", "uint32", "uint64") if hasattr(torch, n)]  # torch >= 2.3
 SHAPES = [(), (7,), (3, 5), (2, 0, 4)]
 
 
@@ -77,6 +79,7 @@ def test_loaded_tensors_are_views_of_the_mapped_file(ckpt_path):
         assert any(f.endswith("model.safetensors") and str(ckpt_path) in f for f in files), (name, files)
     # the view stays valid after every ckptio object is gone
     del weights
+    gc.collect()
     assert torch.equal(loaded["big"], torch.arange(4096, dtype=torch.float32))
 
 

@@ -4,7 +4,8 @@ and loop position in one call, and resume bit for bit.
 ``import ckptio`` never needs torch; only this module does.
 
 - ``save_state(path, model, optimizer, scheduler, extra=...)`` and
-  ``load_state(path, model, optimizer, scheduler)``: an exact training resume.
+  ``load_state(path, model, optimizer, scheduler)``: an exact training resume;
+  ``save_state_async`` writes in the background.
 - ``save_weights_for_sampler(path, model)`` and ``load_state(path, model)``: inference.
 - ``load_weights(path, device=None)``: the weights as torch tensors (zero-copy views).
 - ``rng_state()`` / ``set_rng_state(state)``: the RNG states on their own.
@@ -64,6 +65,8 @@ except ImportError as e:  # pragma: no cover - exercised by a subprocess test
 
 from . import api
 from ._tensors import storage_key
+from .async_save import SaveFuture
+from .async_save import save_state_async as save_state_async_core
 from .checkpoint import Checkpoint
 from .errors import CheckpointKindError, CkptioError, FormatError
 
@@ -74,6 +77,7 @@ __all__ = [
     "load_weights",
     "rng_state",
     "save_state",
+    "save_state_async",
     "save_weights_for_sampler",
     "set_rng_state",
 ]
@@ -316,6 +320,22 @@ def _layout(path: Path, ckpt: Checkpoint) -> dict[str, Any]:
     return {**empty, **tree}
 
 
+def _training_state(
+    model: Any, optimizer: Any, scheduler: Any, rng: bool, extra: Any
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(weights, optimizer tree) in the layout of the module docstring."""
+    weights, model_extra = _split_model_state(_state_dict(model, "model"))
+    tree = {
+        LAYOUT_KEY: LAYOUT_VERSION,
+        "optimizer": None if optimizer is None else _state_dict(optimizer, "optimizer"),
+        "scheduler": None if scheduler is None else _state_dict(scheduler, "scheduler"),
+        "rng": rng_state() if rng else None,
+        "extra": extra,
+        "model_extra": model_extra or None,
+    }
+    return weights, tree
+
+
 # -- public API --------------------------------------------------------------------
 def save_state(
     path: api.PathLike,
@@ -349,19 +369,50 @@ def save_state(
         >>> ckptio.open(path).step
         100
     """
-    weights, model_extra = _split_model_state(_state_dict(model, "model"))
-    tree = {
-        LAYOUT_KEY: LAYOUT_VERSION,
-        "optimizer": None if optimizer is None else _state_dict(optimizer, "optimizer"),
-        "scheduler": None if scheduler is None else _state_dict(scheduler, "scheduler"),
-        "rng": rng_state() if rng else None,
-        "extra": extra,
-        "model_extra": model_extra or None,
-    }
+    weights, tree = _training_state(model, optimizer, scheduler, rng, extra)
     return api.save_state(
         path, weights, tree,
         step=step, metadata=metadata, overwrite=overwrite, durable=durable,
         threads=threads, max_shard_bytes=max_shard_bytes,
+    )  # fmt: skip
+
+
+def save_state_async(
+    path: api.PathLike,
+    model: Any,
+    optimizer: Any,
+    scheduler: Any = None,
+    *,
+    rng: bool = True,
+    extra: Any = None,
+    step: int | None = None,
+    metadata: Any = None,
+    overwrite: bool = False,
+    durable: bool = True,
+    threads: int | None = None,
+    max_shard_bytes: int | None = None,
+    snapshot: bool = True,
+) -> SaveFuture:
+    """``save_state`` in the background (see ``ckptio.save_state_async``): returns once
+    the model, optimizer, scheduler, RNG and ``extra`` state are captured, so training
+    may go on at once; ``future.result()`` returns the path or raises the write's error.
+
+    Example:
+        >>> import torch, ckptio.torch, tempfile, os
+        >>> model = torch.nn.Linear(2, 1)
+        >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        >>> before = model.weight.detach().clone()
+        >>> fut = ckptio.torch.save_state_async(os.path.join(tempfile.mkdtemp(), "s"), model, opt)
+        >>> with torch.no_grad():
+        ...     _ = model.weight.zero_()  # safe: the checkpoint keeps the values of the call
+        >>> torch.equal(ckptio.torch.load_weights(fut.result())["weight"], before)
+        True
+    """
+    weights, tree = _training_state(model, optimizer, scheduler, rng, extra)
+    return save_state_async_core(
+        path, weights, tree,
+        step=step, metadata=metadata, overwrite=overwrite, durable=durable,
+        threads=threads, max_shard_bytes=max_shard_bytes, snapshot=snapshot,
     )  # fmt: skip
 
 
