@@ -205,3 +205,22 @@ def test_save_memory_is_bounded(tmp_path, mode):
     if mode == "async":
         assert growth >= state // 2, "the async snapshot should hold a copy of the state"
     assert os.path.isdir(tmp_path / "ck")
+
+
+def test_reused_staging_buffer_holds_each_saves_own_values(tmp_path):
+    from ckptio import async_save
+
+    w = {"w": np.zeros(100_000, np.float32)}
+    first = ckptio.save_weights_for_sampler_async(tmp_path / "a", w)
+    first.result(timeout=60)
+    spare = async_save._spare_staging[0]
+    w["w"][:] = 5.0
+    second = ckptio.save_weights_for_sampler_async(tmp_path / "b", w)
+    assert not async_save._spare_staging, "the spare buffer is in use by the second save"
+    w["w"][:] = 9.0
+    second.result(timeout=60)
+    assert async_save._spare_staging[0] is spare
+    assert ckptio.load_state(tmp_path / "a")["w"].max() == 0.0
+    assert set(ckptio.load_state(tmp_path / "b")["w"].tolist()) == {5.0}
+    ckptio.release_staging_memory()
+    assert not async_save._spare_staging

@@ -28,7 +28,13 @@ from .api import (
     save_weights_for_sampler,
     verify,
 )
-from .async_save import SaveFuture, save_state_async, save_weights_for_sampler_async, wait_for_saves
+from .async_save import (
+    SaveFuture,
+    release_staging_memory,
+    save_state_async,
+    save_weights_for_sampler_async,
+    wait_for_saves,
+)
 from .checkpoint import Checkpoint, TensorInfo
 from .errors import (
     CheckpointExistsError,
@@ -58,6 +64,7 @@ __all__ = [
     "load_state",
     "load_state_with_optimizer",
     "open",
+    "release_staging_memory",
     "save_state",
     "save_state_async",
     "save_weights_for_sampler",

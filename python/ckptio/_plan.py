@@ -111,25 +111,30 @@ class SavePlan:
         """Tensor bytes this save writes."""
         return sum(len(r.buffer) for _, rows, _ in self.groups for r in rows)
 
-    def snapshot(self) -> None:
+    def staging_bytes(self) -> int:
+        """Size of the staging buffer ``snapshot`` needs."""
+        return sum(
+            -(-len(r.buffer) // _ALIGN) * _ALIGN for _, rows, _ in self.groups for r in rows if r.borrowed
+        )
+
+    def snapshot(self, staging: np.ndarray | None = None) -> np.ndarray:
         """Copies every tensor still in the caller's memory into one staging buffer
-        (parallel, GIL released), so the caller may change its tensors at once."""
-        borrowed = [
-            (g, i) for g, (_, rows, _) in enumerate(self.groups) for i, row in enumerate(rows) if row.borrowed
-        ]
-        sizes = [len(self.groups[g][1][i].buffer) for g, i in borrowed]
-        offsets, total = [], 0
-        for n in sizes:
-            offsets.append(total)
-            total += -(-n // _ALIGN) * _ALIGN
-        staging = np.empty(total, np.uint8)
-        pairs = []
-        for (g, i), off, n in zip(borrowed, offsets, sizes, strict=True):
-            row = self.groups[g][1][i]
-            copy = staging[off : off + n]
-            pairs.append((row.buffer, copy))
-            self.groups[g][1][i] = row._replace(buffer=copy, borrowed=False)
+        (parallel, GIL released), so the caller may change its tensors at once.
+        Reuses ``staging`` when it is large enough; returns the buffer used."""
+        need = self.staging_bytes()
+        if staging is None or len(staging) < need:
+            staging = np.empty(need, np.uint8)
+        pairs, offset = [], 0
+        for _, rows, _ in self.groups:
+            for i, row in enumerate(rows):
+                if row.borrowed:
+                    n = len(row.buffer)
+                    copy = staging[offset : offset + n]
+                    pairs.append((row.buffer, copy))
+                    rows[i] = row._replace(buffer=copy, borrowed=False)
+                    offset += -(-n // _ALIGN) * _ALIGN
         _core.copy_into(pairs, self.threads)
+        return staging
 
     def write(self) -> Path:
         """Writes and commits the checkpoint (GIL released inside the core)."""

@@ -5,6 +5,9 @@ checksums, fsyncs and commit run in a background thread.
   into a staging buffer (parallel copy, GIL released) before the call returns, so the
   caller may update its weights at once and the checkpoint holds the values of the
   moment of the call. Costs one extra copy of the state in RAM until the write ends.
+- The staging buffer of a finished save is kept for the next one (one buffer, the
+  largest), so a training loop that saves every N steps pays the page faults of a
+  fresh allocation once; ``release_staging_memory()`` frees it.
 - ``snapshot=False``: no copy; the caller promises not to change the tensors until
   the future is done.
 - Saves to one target run one at a time, in call order: a second save to a path whose
@@ -26,6 +29,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from ._plan import PathLike, SavePlan
 
@@ -54,23 +59,50 @@ _lock = threading.Lock()
 _executor: ThreadPoolExecutor | None = None
 _last_by_target: dict[str, SaveFuture] = {}
 _all: list[SaveFuture] = []
+_spare_staging: list[np.ndarray] = []  # at most one buffer, reused by the next snapshot
 
 
-def _run(plan: SavePlan, future: SaveFuture, previous: SaveFuture | None) -> None:
-    if previous is not None:
-        wait_futures([previous])  # one save per target at a time, in call order
-    if not future.set_running_or_notify_cancel():
-        return
+def _take_staging(need: int) -> np.ndarray | None:
+    with _lock:
+        if _spare_staging and len(_spare_staging[0]) >= need:
+            return _spare_staging.pop()
+    return None
+
+
+def _give_back_staging(buf: np.ndarray) -> None:
+    with _lock:
+        if not _spare_staging or len(_spare_staging[0]) < len(buf):
+            _spare_staging[:] = [buf]
+
+
+def release_staging_memory() -> None:
+    """Frees the staging buffer kept from the last async save.
+
+    Example:
+        >>> import ckptio
+        >>> ckptio.release_staging_memory()
+    """
+    with _lock:
+        _spare_staging.clear()
+
+
+def _run(plan: SavePlan, future: SaveFuture, previous: SaveFuture | None, staging: np.ndarray | None) -> None:
     try:
-        future.set_result(plan.write())
+        if previous is not None:
+            wait_futures([previous])  # one save per target at a time, in call order
+        if future.set_running_or_notify_cancel():
+            future.set_result(plan.write())
     except BaseException as e:
         future.set_exception(e)
+    finally:
+        del plan  # drop the views into the staging buffer before handing it on
+        if staging is not None:
+            _give_back_staging(staging)
 
 
 def _submit(plan: SavePlan, snapshot: bool) -> SaveFuture:
     global _executor
-    if snapshot:
-        plan.snapshot()
+    staging = plan.snapshot(_take_staging(plan.staging_bytes())) if snapshot else None
     future = SaveFuture(plan.path)
     key = os.path.abspath(plan.path)
     with _lock:
@@ -80,9 +112,8 @@ def _submit(plan: SavePlan, snapshot: bool) -> SaveFuture:
         _last_by_target[key] = future
         _all[:] = [f for f in _all if not f.done() or (f.exception() is not None and not f._observed)]
         _all.append(future)
-        _executor.submit(
-            _run, plan, future, previous if previous is not None and not previous.done() else None
-        )
+        waits_for = previous if previous is not None and not previous.done() else None
+        _executor.submit(_run, plan, future, waits_for, staging)
     return future
 
 
