@@ -30,12 +30,20 @@ fn hash_and_pwrite(file: &File, tensors: &[Vec<u8>]) {
 fn run(strategy: &str, path: &Path, tensors: &[Vec<u8>]) -> f64 {
     let total: u64 = tensors.iter().map(|t| t.len() as u64).sum();
     let start = Instant::now();
-    let file = OpenOptions::new().read(true).write(true).create_new(true).open(path).unwrap();
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .unwrap();
     match strategy {
         "pwrite" => hash_and_pwrite(&file, tensors),
         "fallocate+pwrite" => {
             // SAFETY: plain syscall on an open descriptor.
-            assert_eq!(unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, total as libc::off_t) }, 0);
+            assert_eq!(
+                unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, total as libc::off_t) },
+                0
+            );
             hash_and_pwrite(&file, tensors);
         }
         "mmap" => {
@@ -43,14 +51,16 @@ fn run(strategy: &str, path: &Path, tensors: &[Vec<u8>]) -> f64 {
             // SAFETY: the file is ours, sized above, and not shared.
             let mut map = unsafe { MmapMut::map_mut(&file).unwrap() };
             let len = tensors[0].len();
-            map.par_chunks_mut(len).zip(tensors.par_iter()).for_each(|(dst, t)| {
-                let mut h = ckptio::checksum::Hasher::new();
-                for (d, s) in dst.chunks_mut(CHUNK).zip(t.chunks(CHUNK)) {
-                    h.update(s);
-                    d.copy_from_slice(s);
-                }
-                std::hint::black_box(h.finish());
-            });
+            map.par_chunks_mut(len)
+                .zip(tensors.par_iter())
+                .for_each(|(dst, t)| {
+                    let mut h = ckptio::checksum::Hasher::new();
+                    for (d, s) in dst.chunks_mut(CHUNK).zip(t.chunks(CHUNK)) {
+                        h.update(s);
+                        d.copy_from_slice(s);
+                    }
+                    std::hint::black_box(h.finish());
+                });
             drop(map);
         }
         _ => unreachable!(),
@@ -72,12 +82,20 @@ fn main() {
     for round in 0..rounds {
         for s in &strategies {
             let gbs = run(s, &dir.path().join("f"), &tensors);
-            results.iter_mut().find(|(n, _)| n == s).unwrap().1.push(gbs);
+            results
+                .iter_mut()
+                .find(|(n, _)| n == s)
+                .unwrap()
+                .1
+                .push(gbs);
         }
         strategies.reverse();
         let _ = round;
     }
-    println!("{mib} MiB in {TENSORS} tensors, {} threads, page cache, median of {rounds}:", rayon::current_num_threads());
+    println!(
+        "{mib} MiB in {TENSORS} tensors, {} threads, page cache, median of {rounds}:",
+        rayon::current_num_threads()
+    );
     for (name, mut v) in results {
         v.sort_by(f64::total_cmp);
         println!("  {name:<18} {:>6.2} GB/s", v[v.len() / 2]);

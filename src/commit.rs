@@ -93,6 +93,9 @@ pub fn stage(target: &Path, overwrite: bool) -> Result<Staging> {
         }
         Err(e) => return Err(Error::io("stat parent directory", &parent, e)),
     }
+    // Leftovers of earlier saves to this name by dead processes; this may put back an
+    // old checkpoint that an interrupted replace had moved aside, so it runs first.
+    cleanup_leftovers(&parent, Some(&name))?;
     let replace = match fs::symlink_metadata(target) {
         Err(_) => false,
         Ok(m) if !m.is_dir() => {
@@ -115,8 +118,6 @@ pub fn stage(target: &Path, overwrite: bool) -> Result<Staging> {
         }
         Ok(_) => true,
     };
-    // Leftovers of earlier saves to this name by dead processes.
-    cleanup_leftovers(&parent, Some(&name))?;
     let dir = parent.join(side_name(&name, TMP_TAG));
     fs::create_dir(&dir).ctx("create staging directory", &dir)?;
     Ok(Staging {

@@ -27,6 +27,10 @@ def save(
 def open(path: str | PathLike[str]) -> Checkpoint:
     """Reads and checks the manifest and every header, maps the files privately."""
 
+def copy_into(pairs: Sequence[tuple[Buffer, Buffer]], threads: int = 0) -> None:
+    """Copies each source buffer into its (writable, same-size) destination, in
+    parallel, with the GIL released."""
+
 def cleanup(directory: str | PathLike[str]) -> list[str]:
     """Removes leftovers of dead saves in ``directory``; returns their paths."""
 
@@ -43,6 +47,9 @@ class Checkpoint:
         """(group, name, dtype, shape, file index, begin, end), in save order."""
     def file(self, index: int) -> MappedFile: ...
     def verify(self, threads: int = 0) -> None: ...
+    def read_into(self, jobs: Sequence[tuple[int, Buffer]], verify: bool = True, threads: int = 0) -> None:
+        """Reads tensors (by index in ``tensors()``) into writable buffers with parallel
+        positional reads, checking each tensor's checksum when ``verify``."""
     def prefetch(self) -> None: ...
 
 class MappedFile(Buffer):

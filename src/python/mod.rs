@@ -19,9 +19,20 @@ type PyTensor<'py> = (String, String, Vec<u64>, Bound<'py, PyAny>);
 /// (group name, tensors, header metadata).
 type PyGroup<'py> = (String, Vec<PyTensor<'py>>, Vec<(String, String)>);
 
+/// A buffer's address and length, valid while its `PyUntypedBuffer` is held.
+type Span = (usize, usize);
+
+struct HeldTensor {
+    name: String,
+    dtype: Dtype,
+    shape: Vec<u64>,
+    _held: PyUntypedBuffer,
+    span: Span,
+}
+
 struct OwnedGroup {
     name: String,
-    tensors: Vec<(String, Dtype, Vec<u64>, PyUntypedBuffer)>,
+    tensors: Vec<HeldTensor>,
     header_metadata: Vec<(String, String)>,
 }
 
@@ -38,12 +49,14 @@ fn take_buffers(groups: Vec<PyGroup<'_>>) -> PyResult<Vec<OwnedGroup>> {
                         ))
                     })?;
                     let buf = PyUntypedBuffer::get(&obj)?;
-                    if !buf.is_c_contiguous() {
-                        return Err(PyValueError::new_err(format!(
-                            "tensor {tname:?}: buffer is not C-contiguous"
-                        )));
-                    }
-                    Ok((tname, dt, shape, buf))
+                    let span = buffer_bytes(&buf, false, &format!("tensor {tname:?}"))?;
+                    Ok(HeldTensor {
+                        name: tname,
+                        dtype: dt,
+                        shape,
+                        _held: buf,
+                        span,
+                    })
                 })
                 .collect::<PyResult<_>>()?;
             Ok(OwnedGroup {
@@ -92,18 +105,12 @@ fn save(
                 tensors: g
                     .tensors
                     .iter()
-                    .map(|(name, dtype, shape, buf)| writer::TensorSource {
-                        name,
-                        dtype: *dtype,
-                        shape,
-                        // SAFETY: the buffer is C-contiguous and held (so alive and
-                        // unmoved) until this call returns.
-                        data: match buf.len_bytes() {
-                            0 => &[],
-                            n => unsafe {
-                                std::slice::from_raw_parts(buf.buf_ptr() as *const u8, n)
-                            },
-                        },
+                    .map(|t| writer::TensorSource {
+                        name: &t.name,
+                        dtype: t.dtype,
+                        shape: &t.shape,
+                        // SAFETY: the buffer is held until this call returns.
+                        data: unsafe { &*slice_mut(t.span) },
                     })
                     .collect(),
                 header_metadata: g.header_metadata.clone(),
@@ -138,7 +145,7 @@ pub(crate) fn buffer_bytes(
 ///
 /// # Safety
 /// The buffer must be held for `'a` and, for `_mut`, nothing else may access it.
-pub(crate) unsafe fn slice_mut<'a>((ptr, len): (usize, usize)) -> &'a mut [u8] {
+pub(crate) unsafe fn slice_mut<'a>((ptr, len): Span) -> &'a mut [u8] {
     match len {
         0 => &mut [],
         n => unsafe { std::slice::from_raw_parts_mut(ptr as *mut u8, n) },
@@ -157,7 +164,7 @@ fn copy_into(
         .iter()
         .map(|(s, d)| Ok((PyUntypedBuffer::get(s)?, PyUntypedBuffer::get(d)?)))
         .collect::<PyResult<_>>()?;
-    let spans: Vec<((usize, usize), (usize, usize))> = held
+    let spans: Vec<(Span, Span)> = held
         .iter()
         .map(|(s, d)| {
             Ok((
