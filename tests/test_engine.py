@@ -224,3 +224,25 @@ def test_reused_staging_buffer_holds_each_saves_own_values(tmp_path):
     assert set(ckptio.load_state(tmp_path / "b")["w"].tolist()) == {5.0}
     ckptio.release_staging_memory()
     assert not async_save._spare_staging
+
+
+_EXIT_DURING_SAVE = textwrap.dedent(
+    """
+    import sys, numpy as np, ckptio
+    weights = {f"w{i}": np.full(8 << 20, i, np.float32) for i in range(8)}  # 256 MiB
+    ckptio.save_weights_for_sampler_async(sys.argv[1], weights)
+    ckptio.save_weights_for_sampler_async(sys.argv[2], {"w": np.ones(2)})  # target exists: fails
+    print("returned", flush=True)
+    # the interpreter exits here, with the saves still running
+    """
+)
+
+
+def test_interpreter_exit_completes_pending_saves_and_reports_failures(tmp_path):
+    ckptio.save_weights_for_sampler(tmp_path / "taken", {"w": np.zeros(1)})
+    script = [sys.executable, "-c", _EXIT_DURING_SAVE, str(tmp_path / "big"), str(tmp_path / "taken")]
+    out = subprocess.run(script, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "returned", out.stderr
+    ckptio.verify(tmp_path / "big")
+    assert ckptio.load_state(tmp_path / "big")["w7"][0] == 7
+    assert "async save to" in out.stderr and "taken" in out.stderr and "already exists" in out.stderr

@@ -16,7 +16,12 @@ PathLike = str | os.PathLike[str]
 
 
 class TrainingState(NamedTuple):
-    """What ``load_state_with_optimizer`` returns; unpacks as a 4-tuple."""
+    """What ``load_state_with_optimizer`` returns; unpacks as a 4-tuple.
+
+    Example:
+        >>> TrainingState({}, {"step": 3}, 3, None).step
+        3
+    """
 
     weights: dict[str, Any]
     optimizer_state: Any

@@ -39,7 +39,14 @@ _WORKERS = 4
 
 class SaveFuture(Future[Path]):
     """A ``concurrent.futures.Future`` whose result is the checkpoint path; a failed
-    save raises its exception from ``result()``."""
+    save raises its exception from ``result()``.
+
+    Example:
+        >>> import numpy as np, ckptio, tempfile, os
+        >>> fut = ckptio.save_weights_for_sampler_async(os.path.join(tempfile.mkdtemp(), "a"), {})
+        >>> fut.result().name, fut.done(), fut.exception()
+        ('a', True, None)
+    """
 
     def __init__(self, path: Path) -> None:
         super().__init__()

@@ -20,7 +20,12 @@ OPTIMIZER = "optimizer"
 
 
 class TensorInfo(NamedTuple):
-    """What the index says of one tensor."""
+    """What the index says of one tensor.
+
+    Example:
+        >>> TensorInfo("w", "model", "F32", (2, 3), 24, "model.safetensors").nbytes
+        24
+    """
 
     name: str
     group: str  # "model" (weights) or "optimizer"
@@ -107,7 +112,13 @@ class Checkpoint(Mapping[str, Any]):
 
     def info(self, name: str, group: str = WEIGHTS) -> TensorInfo:
         """dtype, shape, nbytes and file of one tensor (a tied weight reports the
-        entry it shares storage with, under its own name)."""
+        entry it shares storage with, under its own name).
+
+        Example:
+            >>> info = _example().info("m", "optimizer")
+            >>> info.dtype, info.shape, info.nbytes, info.file
+            ('F64', (2,), 16, 'optimizer.safetensors')
+        """
         if group == WEIGHTS and name in self._aliases:
             return self.info(self._aliases[name])._replace(name=name)
         try:
@@ -124,7 +135,12 @@ class Checkpoint(Mapping[str, Any]):
 
     def tensor(self, name: str, group: str = WEIGHTS, *, framework: str = "numpy", device: Any = None) -> Any:
         """One tensor as a zero-copy view (numpy array or, with framework="torch", a
-        torch tensor; ``device`` moves it, which copies)."""
+        torch tensor; ``device`` moves it, which copies).
+
+        Example:
+            >>> _example().tensor("w")
+            array([1., 1., 1.], dtype=float32)
+        """
         if group == WEIGHTS:
             name = self._aliases.get(name, name)
         try:
@@ -156,7 +172,12 @@ class Checkpoint(Mapping[str, Any]):
         """All weights, in save order. Zero-copy views by default; ``copy=True`` reads
         them into fresh memory with parallel positional reads, checking every
         tensor's checksum on the way. Tied weights come back as one object under each
-        of their names."""
+        of their names.
+
+        Example:
+            >>> _example().weights(copy=True)
+            {'w': array([1., 1., 1.], dtype=float32)}
+        """
         stored = [n for n in self._weight_names if n not in self._aliases]
         if copy:
             out = self._read_copies(stored, framework, device)
@@ -192,7 +213,12 @@ class Checkpoint(Mapping[str, Any]):
 
     def optimizer_state(self, *, framework: str | None = None, device: Any = None) -> Any:
         """The optimizer tree exactly as saved. Array leaves come back as the type they
-        were saved as (numpy, numpy scalar, torch), unless ``framework`` forces one."""
+        were saved as (numpy, numpy scalar, torch), unless ``framework`` forces one.
+
+        Example:
+            >>> _example().optimizer_state()
+            {'m': array([0., 0.]), 'step': 7}
+        """
         if self.kind != "state":
             raise CheckpointKindError(
                 f"{self.path} is a {self.kind!r} checkpoint (weights only); it has no optimizer state. "
@@ -212,17 +238,30 @@ class Checkpoint(Mapping[str, Any]):
             raise FormatError(f"{self.path}: invalid optimizer skeleton: {e}", file=self.path) from None
 
     def prefetch(self) -> None:
-        """Starts reading every file in (helps cold loads); returns at once."""
+        """Starts reading every file in (helps cold loads); returns at once.
+
+        Example:
+            >>> _example().prefetch()
+        """
         self._core.prefetch()
 
     def verify(self, *, threads: int | None = None) -> None:
         """Hashes every tensor and header; raises CorruptCheckpointError naming the first
-        bad tensor and listing all of them."""
+        bad tensor and listing all of them.
+
+        Example:
+            >>> _example().verify()  # silent when intact
+        """
         self._core.verify(threads or 0)
 
     # -- lifetime ----------------------------------------------------------------
     def close(self) -> None:
-        """Drops this object's references; arrays already handed out stay valid."""
+        """Drops this object's references; arrays already handed out stay valid.
+
+        Example:
+            >>> ckpt = _example(); w = ckpt["w"]; ckpt.close(); float(w.sum())
+            3.0
+        """
         self._bytes.clear()
 
     def __enter__(self) -> Checkpoint:
@@ -245,3 +284,14 @@ def _torch_view(raw: np.ndarray, info: TensorInfo, device: Any) -> Any:
     else:  # a foreign file with unaligned data: torch cannot view it, so copy
         t = u8.clone().view(dtype).reshape(info.shape)
     return t if device is None else t.to(device)
+
+
+def _example() -> Checkpoint:
+    """A small ``state`` checkpoint in a temporary directory, for the examples above."""
+    import tempfile
+
+    from .api import save_state
+
+    path = os.path.join(tempfile.mkdtemp(prefix="ckptio-example-"), "step-7")
+    save_state(path, {"w": np.ones(3, np.float32)}, {"m": np.zeros(2), "step": 7}, step=7)
+    return Checkpoint(path)
