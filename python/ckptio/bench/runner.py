@@ -1,0 +1,309 @@
+"""Runs the comparison: starts one worker per library family, builds the same seeded
+state in each, then runs N rounds of every (operation, library) pair, alternating
+the library order between rounds (A B C, C B A, ...) so the drift of a shared machine
+falls on every library alike. Files live in one directory the caller owns and removes.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .catalog import BY_NAME, LIBRARIES, families, source_of
+from .library import OPERATIONS, SAVE, SAVES
+from .worker import WorkerError, WorkerProcess
+from .workloads import workload_bytes
+
+#: A worker that has not answered after this long plus the state size at
+#: SLOWEST_DEVICE bytes/s is taken as hung: its stacks are logged and it is stopped.
+OPERATION_TIMEOUT = 60.0
+SLOWEST_DEVICE = 50e6
+#: progress(done, total, label)
+Progress = Callable[[int, int, str], None]
+
+
+@dataclass
+class BenchConfig:
+    """What to run. ``size`` is in bytes (lora uses a fraction of it)."""
+
+    workloads: tuple[str, ...]
+    size: int
+    runs: int
+    seed: int = 0
+
+
+@dataclass
+class Measurement:
+    """One timed operation of one round."""
+
+    workload: str
+    library: str
+    operation: str
+    round: int
+    seconds: float
+    rss_peak: int
+    rss_anon: int
+    stall: float | None = None
+    #: Fraction of the files in the page cache when a cold load started (should be 0).
+    resident_before: float | None = None
+
+
+@dataclass
+class WorkloadInfo:
+    """The state a workload built: its bytes and tensor count."""
+
+    name: str
+    nbytes: int
+    tensors: int
+
+
+@dataclass
+class BenchResult:
+    """Everything a run measured, plus what it could not run and why."""
+
+    config: BenchConfig
+    workloads: list[WorkloadInfo] = field(default_factory=list)
+    measurements: list[Measurement] = field(default_factory=list)
+    #: library -> why it was skipped (not installed, ...)
+    skipped: dict[str, str] = field(default_factory=dict)
+    #: "workload / library / operation: error" of operations that failed
+    failures: list[str] = field(default_factory=list)
+    versions: dict[str, str] = field(default_factory=dict)
+    active: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in name).strip("-")
+
+
+def pairs_of(libraries: list[str]) -> list[tuple[str, str]]:
+    """(operation, library) pairs one round runs, in order, for the given libraries.
+
+    Example:
+        >>> pairs_of(["raw write/read"])[:2]
+        [('save', 'raw write/read'), ('save durable', 'raw write/read')]
+    """
+    by_name = {lib.name: lib for lib in LIBRARIES}
+    return [(op, name) for op in OPERATIONS for name in libraries if op in by_name[name].operations]
+
+
+class Benchmark:
+    """One run: owns its workers; call :meth:`run`, which always stops them.
+
+    Example:
+        ``Benchmark(BenchConfig(("llm",), 64 << 20, 1), Path(tmp)).run()``
+    """
+
+    def __init__(self, config: BenchConfig, workdir: Path, progress: Progress | None = None) -> None:
+        self.config = config
+        self.workdir = workdir
+        self.progress = progress or (lambda done, total, label: None)
+        self.workers: dict[str, WorkerProcess] = {}
+        self.result = BenchResult(config)
+        self._failed: set[tuple[str, str]] = set()
+        self._done = 0
+        self._total = 0
+        self._timeout = OPERATION_TIMEOUT
+
+    # -- workers -------------------------------------------------------------------
+    def _start_workers(self) -> None:
+        groups = families()
+        for family in groups:
+            self.workers[family] = WorkerProcess(family, self.workdir / f"worker-{family}.log")
+        for family, worker in self.workers.items():
+            worker.send("hello", names=groups[family])
+        for family, worker in list(self.workers.items()):
+            try:
+                reply = worker.receive(timeout=OPERATION_TIMEOUT)
+            except WorkerError as e:
+                for name in groups[family]:
+                    self.result.skipped[name] = str(e)
+                worker.kill()
+                del self.workers[family]
+                continue
+            for name, reason in reply["available"].items():
+                if reason is not None:
+                    self.result.skipped[name] = reason
+            self.result.versions.update(reply["versions"])
+            if not any(reason is None for reason in reply["available"].values()):
+                worker.close()
+                del self.workers[family]
+        self.result.active = [
+            lib.name
+            for lib in LIBRARIES
+            if lib.family in self.workers and lib.name not in self.result.skipped
+        ]
+
+    def stop(self) -> None:
+        """Stops every worker (by pid); safe to call twice."""
+        for worker in self.workers.values():
+            worker.kill()
+        self.workers.clear()
+
+    # -- one workload --------------------------------------------------------------
+    def _build(self, workload: str) -> None:
+        size = workload_bytes(workload, self.config.size)
+        for worker in self.workers.values():
+            worker.send("build", workload=workload, size=size, seed=self.config.seed)
+        infos = set()
+        for family, worker in list(self.workers.items()):
+            try:
+                reply = worker.receive(timeout=OPERATION_TIMEOUT + size / SLOWEST_DEVICE)
+            except WorkerError as e:
+                self._family_failed(workload, family, f"building the state: {e}")
+                continue
+            infos.add((reply["bytes"], reply["tensors"]))
+        if len(infos) > 1:
+            raise RuntimeError(f"workers built different {workload} states: {sorted(infos)}")
+        nbytes, tensors = infos.pop() if infos else (0, 0)
+        self.result.workloads.append(WorkloadInfo(workload, nbytes, tensors))
+        self._timeout = OPERATION_TIMEOUT + nbytes / SLOWEST_DEVICE
+        self._advance(f"{workload}: state built")
+
+    def _family_failed(self, workload: str, family: str, error: str) -> None:
+        for lib in LIBRARIES:
+            if lib.family == family and lib.name in self.result.active:
+                for op in lib.operations:
+                    self._failed.add((lib.name, op))
+                self.result.failures.append(f"{workload} / {lib.name}: {error}")
+        worker = self.workers.pop(family, None)
+        if worker is not None:
+            worker.kill()
+
+    def _advance(self, label: str) -> None:
+        self._done += 1
+        self.progress(self._done, self._total, label)
+
+    def _request(self, workload: str, name: str, op: str, path: Path, keep: bool) -> dict[str, Any] | None:
+        lib = BY_NAME[name]
+        worker = self.workers.get(lib.family)
+        if worker is None or (name, op) in self._failed:
+            return None
+        try:
+            return worker.request(
+                "run", timeout=self._timeout, library=name, op=op, path=str(path), keep=keep
+            )
+        except WorkerError as e:
+            if worker.process.poll() is not None:
+                self._family_failed(workload, lib.family, str(e))
+            else:
+                self._failed.add((name, op))
+                self.result.failures.append(f"{workload} / {name} / {op}: {e}")
+            return None
+
+    def _save_sources(self, workload: str, sources_dir: Path) -> None:
+        """Untimed: every saving library writes the checkpoint its loads will read (and
+        warms up: first-call costs stay out of the figures)."""
+        for name in self.result.active:
+            lib = BY_NAME[name]
+            if SAVE not in lib.operations:
+                continue
+            keep = lib.reads_from is None
+            path = sources_dir / _slug(name) if keep else sources_dir / (_slug(name) + "-warmup")
+            if self._request(workload, name, SAVE, path, keep) is None and keep:
+                for reader in self.result.active:  # nothing to load: skip its readers
+                    for op in OPERATIONS:
+                        if op not in SAVES and source_of(reader) == name:
+                            self._failed.add((reader, op))
+        self._advance(f"{workload}: checkpoints to load written")
+
+    def _run_pair(
+        self, workload: str, rnd: int, op: str, name: str, round_dir: Path, sources_dir: Path
+    ) -> None:
+        if op in SAVES:
+            path = round_dir / f"{_slug(name)}-{_slug(op)}"  # removed right after the save
+        else:
+            path = sources_dir / _slug(source_of(name))
+        reply = self._request(workload, name, op, path, keep=False)
+        if reply is None:
+            return
+        self.result.measurements.append(
+            Measurement(
+                workload,
+                name,
+                op,
+                rnd,
+                reply["seconds"],
+                reply["rss_peak"],
+                reply["rss_anon"],
+                reply.get("stall"),
+                reply.get("resident_before"),
+            )
+        )
+
+    def _run_workload(self, workload: str) -> None:
+        self._failed = set()  # an operation failing on one workload may run on the next
+        self._build(workload)
+        sources_dir = self.workdir / workload / "sources"
+        sources_dir.mkdir(parents=True)
+        self._save_sources(workload, sources_dir)
+        pairs = set(pairs_of(self.result.active))
+        for rnd in range(self.config.runs):
+            order = self.result.active if rnd % 2 == 0 else self.result.active[::-1]
+            round_dir = self.workdir / workload / f"round-{rnd + 1}"
+            round_dir.mkdir(parents=True)
+            for op in OPERATIONS:
+                for name in order:
+                    if (op, name) not in pairs:
+                        continue
+                    self._run_pair(workload, rnd, op, name, round_dir, sources_dir)
+                    self._advance(f"{workload} {rnd + 1}/{self.config.runs} {op}: {name}")
+            shutil.rmtree(round_dir)
+        shutil.rmtree(self.workdir / workload)
+
+    # -- the run -------------------------------------------------------------------
+    def run(self) -> BenchResult:
+        """Runs every workload; stops the workers whatever happens."""
+        start = time.perf_counter()
+        try:
+            self._start_workers()
+            per_round = len(pairs_of(self.result.active))
+            self._total = len(self.config.workloads) * (2 + self.config.runs * per_round)
+            for workload in self.config.workloads:
+                self._run_workload(workload)
+        finally:
+            self.stop()
+        self.result.seconds = time.perf_counter() - start
+        return self.result
+
+
+def estimate_disk_bytes(config: BenchConfig) -> int:
+    """Peak bytes a run keeps on disk: the checkpoint of each saving library (what the
+    loads read) plus one save in flight, for the largest workload.
+
+    Example:
+        >>> estimate_disk_bytes(BenchConfig(("llm",), 1 << 30, 3)) // (1 << 30)
+        8
+    """
+    saving = sum(1 for lib in LIBRARIES if SAVE in lib.operations and lib.reads_from is None)
+    largest = max(workload_bytes(w, config.size) for w in config.workloads)
+    return int((saving + 1) * largest * 1.1)
+
+
+def estimate_memory_bytes(config: BenchConfig) -> int:
+    """Peak memory a run needs: one state per worker family, plus a loaded copy and an
+    async staging copy.
+
+    Example:
+        >>> estimate_memory_bytes(BenchConfig(("lora",), 8 << 30, 1)) // (1 << 30)
+        7
+    """
+    largest = max(workload_bytes(w, config.size) for w in config.workloads)
+    return int((len(families()) + 2) * largest * 1.1)
+
+
+def result_to_dict(result: BenchResult) -> dict[str, Any]:
+    """The raw measurements as plain data (for ``--json``).
+
+    Example:
+        >>> result_to_dict(BenchResult(BenchConfig(("llm",), 1, 1)))["config"]["runs"]
+        1
+    """
+    from dataclasses import asdict
+
+    return asdict(result)

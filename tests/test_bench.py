@@ -1,0 +1,233 @@
+"""Smoke tests of ``ckptio bench``: the structure of its output, its files, its cleanup
+(also when interrupted), and its errors on bad arguments. Speeds are never asserted:
+they live in the benchmark, not in tests."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ckptio.cli import main
+
+pytest.importorskip("ckptio.bench.cli")
+HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
+
+
+def _bench(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ckptio.cli", "bench", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess[str], Path]:
+    """One ``ckptio bench --quick`` with every output file, shared by the tests below."""
+    out = tmp_path_factory.mktemp("bench-out")
+    work = out / "work"
+    work.mkdir()
+    args = ["--quick", "--dir", str(work), "--json", str(out / "b.json"), "--markdown", str(out / "b.md")]
+    if HAS_MATPLOTLIB:
+        args += ["--plot", str(out / "b.png")]
+    return _bench(*args), out
+
+
+def test_quick_run_prints_the_tables(quick_run: tuple[subprocess.CompletedProcess[str], Path]) -> None:
+    proc, _ = quick_run
+    assert proc.returncode == 0, proc.stderr
+    text = proc.stdout
+    assert "Traceback" not in proc.stderr
+    first = text.splitlines()[0]
+    assert first.startswith("ckptio bench") and "cores" in first and "RAM" in first  # the machine
+    assert "directory " in text and "software: ckptio" in text
+    for heading in ("llm: ", "lora: ", "targets (issue 5)", "notes:"):
+        assert heading in text
+    header = next(line for line in text.splitlines() if line.startswith("operation"))
+    for column in ("library", "time", "GB/s", "vs ckptio", "vs raw", "peak RSS"):
+        assert column in header
+    for operation in ("save", "save durable", "open", "load hot", "load cold", "verify"):
+        assert f"\n{operation} " in text
+    for library in ("ckptio", "safetensors numpy", "safetensors torch", "torch.save/load", "torch.load mmap"):
+        assert library in text
+    assert "numpy.savez" in text and "raw write/read" in text
+    assert "[" in proc.stderr and "%" in proc.stderr  # the progress bar
+
+
+def test_quick_run_json(quick_run: tuple[subprocess.CompletedProcess[str], Path]) -> None:
+    proc, out = quick_run
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads((out / "b.json").read_text())
+    assert data["format"] == "ckptio-bench/1"
+    assert {"cpu", "cores", "ram_bytes", "filesystem"} <= set(data["machine"])
+    assert data["machine"]["filesystem"]["type"]
+    assert data["config"]["workloads"] == ["llm", "lora"] and data["config"]["runs"] == 1
+    assert [w["name"] for w in data["workloads"]] == ["llm", "lora"]
+    assert all(w["nbytes"] > 0 and w["tensors"] > 0 for w in data["workloads"])
+    rows = {(r["workload"], r["library"], r["operation"]): r for r in data["rows"]}
+    for workload in ("llm", "lora"):
+        for op in ("save", "save durable", "open", "load hot", "load cold", "verify"):
+            assert (workload, "ckptio", op) in rows
+        for op in ("save", "save durable", "load hot", "load cold"):
+            assert (workload, "raw write/read", op) in rows
+    for row in data["rows"]:
+        assert row["seconds"] > 0 and row["runs"] == 1
+        assert isinstance(row["rss_peak"], int)
+        if row["library"] == "ckptio":
+            assert row["vs_ckptio"] == pytest.approx(1.0)
+        if row["operation"] in ("save", "load hot", "load cold"):
+            assert row["vs_raw"] is not None
+        if row["operation"] != "open":
+            assert row["gbps"] > 0
+    numbers = {t["number"] for t in data["targets"]}
+    assert {str(n) for n in range(1, 13)} <= numbers and {"M1", "M3"} <= numbers
+    assert all(t["met"] in (True, False, None) for t in data["targets"])
+    assert len(data["measurements"]) == len(data["rows"])  # one run: one measurement each
+    for m in data["measurements"]:
+        if m["operation"] == "load cold":
+            assert m["resident_before"] is not None and m["resident_before"] < 0.5  # it was cold
+
+
+def test_quick_run_markdown_and_plot(quick_run: tuple[subprocess.CompletedProcess[str], Path]) -> None:
+    proc, out = quick_run
+    assert proc.returncode == 0, proc.stderr
+    md = (out / "b.md").read_text()
+    assert md.startswith("# ckptio bench results")
+    assert "| operation | library | time | GB/s | vs ckptio | vs raw | peak RSS | notes |" in md
+    assert "## llm: " in md and "## lora: " in md and "## Targets (issue 5)" in md
+    if HAS_MATPLOTLIB:
+        assert (out / "b.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert "](b.png)" in md
+
+
+def test_quick_run_removes_every_file(quick_run: tuple[subprocess.CompletedProcess[str], Path]) -> None:
+    proc, out = quick_run
+    assert proc.returncode == 0, proc.stderr
+    assert list((out / "work").iterdir()) == []
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        tasks = Path(f"/proc/{pid}/task").iterdir()
+        return [int(c) for t in tasks for c in (t / "children").read_text().split()]
+    except OSError:
+        return []
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_run_removes_every_file_and_worker(tmp_path: Path, signum: int) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ckptio.cli", "bench", "--size", "64M", "--runs", "5", "--dir", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not list(tmp_path.glob("ckptio-bench-*/llm/round-*")):  # mid-run, files on disk
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the run never started its rounds"
+            time.sleep(0.05)
+        workers = _children(proc.pid)
+        assert workers
+        proc.send_signal(signum)
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130
+    assert "interrupted" in stderr and "Traceback" not in stderr
+    assert list(tmp_path.iterdir()) == []
+    for pid in workers:
+        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+
+
+# -- bad arguments: a clear message, a non-zero exit, no traceback -----------------------
+def _error(capsys: pytest.CaptureFixture[str], *args: str) -> str:
+    try:
+        code = main(["bench", *args])
+    except SystemExit as e:  # argparse errors
+        code = e.code
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err
+
+
+def test_unknown_workload(capsys: pytest.CaptureFixture[str]) -> None:
+    err = _error(capsys, "--workload", "gpt")
+    assert "unknown workload 'gpt'" in err and "llm, lora, mixed" in err
+
+
+@pytest.mark.parametrize("size", ["0", "--size=-1G", "0M", "abc"])
+def test_size_must_be_positive(capsys: pytest.CaptureFixture[str], size: str) -> None:
+    args = [size] if size.startswith("--") else ["--size", size]
+    err = _error(capsys, *args)
+    assert "size" in err and ("positive" in err or "invalid size" in err)
+
+
+def test_runs_must_be_positive(capsys: pytest.CaptureFixture[str]) -> None:
+    assert "positive" in _error(capsys, "--runs", "0")
+
+
+def test_missing_dir(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    err = _error(capsys, "--quick", "--dir", str(tmp_path / "nope"))
+    assert "no such directory" in err
+
+
+def test_unwritable_dir(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    if os.geteuid() == 0:  # root writes anywhere permissions allow; /sys refuses even root
+        target = "/sys"
+    else:
+        target = str(tmp_path / "read-only")
+        os.mkdir(target, 0o500)
+    err = _error(capsys, "--quick", "--dir", target)
+    assert "is not writable" in err
+
+
+def test_dir_without_room(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    free = shutil.disk_usage(tmp_path).free
+    err = _error(capsys, "--dir", str(tmp_path), "--size", str(free))  # needs ~8x the size
+    assert "free" in err and "needs about" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_plot_without_matplotlib(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    err = _error(capsys, "--quick", "--dir", str(tmp_path), "--plot", str(tmp_path / "p.png"))
+    assert "matplotlib" in err and "pip install" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_argparse_error_from_the_command_line() -> None:
+    proc = _bench("--workload", "nope", timeout=60)
+    assert proc.returncode == 2
+    assert "unknown workload 'nope'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+BENCH_MODULES = [
+    "catalog", "cli", "library", "machine", "measure", "plot", "report", "runner",
+    "runners_ckptio", "runners_peers", "summary", "targets", "worker", "workloads",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", BENCH_MODULES)
+def test_bench_docstring_examples(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import doctest
+
+    monkeypatch.chdir(tmp_path)
+    module = importlib.import_module(f"ckptio.bench.{name}")
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.failed == 0
