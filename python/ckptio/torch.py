@@ -64,7 +64,7 @@ except ImportError as e:  # pragma: no cover - exercised by a subprocess test
     ) from e
 
 from . import api
-from ._tensors import storage_key
+from ._tensors import is_array, storage_key
 from .async_save import SaveFuture
 from .async_save import save_state_async as save_state_async_core
 from .checkpoint import Checkpoint
@@ -171,7 +171,7 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
         np_state["state"] = {k: np.array(v, copy=True) for k, v in np_state["state"].items()}
         np.random.set_state(np_state)
         torch.set_rng_state(_cpu_bytes(state["torch"]))
-    except (KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise FormatError(f"invalid RNG state in checkpoint: {type(e).__name__}: {e}") from None
     saved_cuda = state.get("cuda")
     if saved_cuda is None:
@@ -225,7 +225,7 @@ def _split_model_state(sd: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str,
     """Tensors go to the weights; other entries (``get_extra_state``) to the tree."""
     weights, other = {}, {}
     for name, value in sd.items():
-        (weights if isinstance(value, torch.Tensor) else other)[name] = value
+        (weights if is_array(value) else other)[name] = value
     return weights, other
 
 
@@ -452,6 +452,8 @@ def load_state(
           shape mismatch (2): weight (checkpoint: shape (1, 3), model: shape (2, 3)), bias ...
         Pass strict=False to load only the entries that match.
     """
+    if not callable(getattr(model, "load_state_dict", None)):
+        raise TypeError(f"model must be a torch.nn.Module (with load_state_dict), got {type(model).__name__}")
     path = Path(path)
     ckpt = Checkpoint(path)
     if verify:
