@@ -101,7 +101,7 @@ def test_cpu_tensors_are_saved_from_their_own_memory():
 
     t = torch.arange(10, dtype=torch.float64)
     saveable = as_saveable("t", t)
-    assert np.frombuffer(saveable.buffer, dtype=np.uint8).ctypes.data == t.data_ptr()
+    assert saveable.borrowed and saveable.data == (t.data_ptr(), t.nbytes)
 
 
 def test_parameters_that_require_grad_are_saved_as_their_values(ckpt_path):

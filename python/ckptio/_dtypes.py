@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -64,6 +65,7 @@ def supported_numpy_names() -> str:
     return ", ".join(str(d) for d in _NUMPY_TO_ST)
 
 
+@functools.cache
 def _torch_table() -> dict[Any, str]:
     import torch
 

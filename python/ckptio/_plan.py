@@ -24,8 +24,10 @@ _ALIGN = 64  # staging slices start on cache lines
 class _Row(NamedTuple):
     name: str
     dtype: str
-    shape: list[int]
-    buffer: Any
+    shape: tuple[int, ...]
+    data: Any  # buffer, or (address, nbytes) kept alive by ``owner``
+    nbytes: int
+    owner: Any
     borrowed: bool  # still the caller's memory
 
 
@@ -46,7 +48,7 @@ def _rows(items: Any, *, fold_tied: bool) -> _Rows:
             aliases.append((name, stored[key]))
         else:
             s = as_saveable(name, value)
-            rows.append(_Row(name, s.dtype, list(s.shape), s.buffer, s.borrowed))
+            rows.append(_Row(name, *s))
             if key is not None:
                 stored[key] = name
         order.append(name)
@@ -109,12 +111,12 @@ class SavePlan:
     @property
     def nbytes(self) -> int:
         """Tensor bytes this save writes."""
-        return sum(len(r.buffer) for _, rows, _ in self.groups for r in rows)
+        return sum(r.nbytes for _, rows, _ in self.groups for r in rows)
 
     def staging_bytes(self) -> int:
         """Size of the staging buffer ``snapshot`` needs."""
         return sum(
-            -(-len(r.buffer) // _ALIGN) * _ALIGN for _, rows, _ in self.groups for r in rows if r.borrowed
+            -(-r.nbytes // _ALIGN) * _ALIGN for _, rows, _ in self.groups for r in rows if r.borrowed
         )
 
     def snapshot(self, staging: np.ndarray | None = None) -> np.ndarray:
@@ -128,10 +130,10 @@ class SavePlan:
         for _, rows, _ in self.groups:
             for i, row in enumerate(rows):
                 if row.borrowed:
-                    n = len(row.buffer)
+                    n = row.nbytes
                     copy = staging[offset : offset + n]
-                    pairs.append((row.buffer, copy))
-                    rows[i] = row._replace(buffer=copy, borrowed=False)
+                    pairs.append((row.data, copy))
+                    rows[i] = row._replace(data=copy, owner=staging, borrowed=False)
                     offset += -(-n // _ALIGN) * _ALIGN
         _core.copy_into(pairs, self.threads)
         return staging

@@ -6,6 +6,7 @@ memory. Only non-contiguous, big-endian or device (CUDA) tensors are copied firs
 
 from __future__ import annotations
 
+import sys
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -16,8 +17,10 @@ from ._dtypes import numpy_to_st, supported_numpy_names, torch_to_st
 class Saveable(NamedTuple):
     dtype: str
     shape: tuple[int, ...]
-    buffer: Any  # a C-contiguous object exporting the buffer protocol
-    borrowed: bool  # True: ``buffer`` is the caller's memory; False: a private copy
+    data: Any  # an object exporting a C-contiguous buffer, or (address, nbytes) of owner's memory
+    nbytes: int
+    owner: Any  # keeps ``data``'s memory alive while the save runs
+    borrowed: bool  # True: ``data`` is the caller's memory; False: a private copy
 
 
 def is_torch_tensor(value: Any) -> bool:
@@ -26,8 +29,17 @@ def is_torch_tensor(value: Any) -> bool:
 
 
 def is_array(value: Any) -> bool:
-    """Is this a tensor leaf (numpy array or torch tensor)?"""
+    """Is this a tensor leaf (numpy array or torch tensor)?
+
+    Example:
+        >>> is_array(np.zeros(2)), is_array([0, 0])
+        (True, False)
+    """
     return isinstance(value, np.ndarray) or is_torch_tensor(value)
+
+
+# numpy dtypes whose arrays export a plain buffer (ml_dtypes' bf16/fp8 do not).
+_BUFFER_CHARS = frozenset("?bBhHiIlLqQefd")
 
 
 def _numpy(name: str, value: np.ndarray) -> Saveable:
@@ -39,32 +51,29 @@ def _numpy(name: str, value: np.ndarray) -> Saveable:
         raise TypeError(
             f"tensor {name!r}: dtype {arr.dtype} is not supported; supported: {supported_numpy_names()}"
         )
+    if arr.ndim and arr.flags.c_contiguous and arr.dtype.isnative and arr.dtype.char in _BUFFER_CHARS:
+        return Saveable(st, arr.shape, arr, arr.nbytes, arr, True)  # the fast, common case
     if arr.dtype.byteorder == ">":
         arr = arr.astype(arr.dtype.newbyteorder("<"))
-    flat = np.ascontiguousarray(arr).reshape(-1)
-    return Saveable(st, tuple(arr.shape), flat.view(np.uint8), np.may_share_memory(flat, value))
+    flat = np.ascontiguousarray(arr).reshape(-1).view(np.uint8)
+    return Saveable(st, tuple(arr.shape), flat, flat.nbytes, flat, bool(np.may_share_memory(flat, value)))
 
 
 def _torch(name: str, t: Any) -> Saveable:
-    if str(t.layout) != "torch.strided":
-        raise TypeError(f"tensor {name!r}: only dense (strided) torch tensors can be saved, got {t.layout}")
+    torch = sys.modules["torch"]
     st = torch_to_st(t.dtype)
     if st is None:
         raise TypeError(f"tensor {name!r}: torch dtype {t.dtype} is not supported")
-    source_ptr, on_cpu = t.data_ptr(), t.device.type == "cpu"
+    if t.layout != torch.strided:
+        raise TypeError(f"tensor {name!r}: only dense (strided) torch tensors can be saved, got {t.layout}")
+    if t.is_cpu and t.is_contiguous() and not t.is_conj() and not t.is_neg():
+        # The common case: the core reads the tensor's own memory, kept alive by ``t``.
+        return Saveable(st, tuple(t.shape), (t.data_ptr(), t.nbytes), t.nbytes, t, True)
     t = t.detach()
-    if t.device.type != "cpu":
-        t = t.to("cpu")  # device tensors are copied to host; CPU ones are not copied
-    if t.is_conj():
-        t = t.resolve_conj()
-    if t.is_neg():
-        t = t.resolve_neg()
-    shape = tuple(t.shape)
-    flat = t.contiguous().reshape(-1)
-    import torch
-
-    borrowed = on_cpu and flat.data_ptr() == source_ptr
-    return Saveable(st, shape, flat.view(torch.uint8).numpy(), borrowed)
+    if not t.is_cpu:
+        t = t.to("cpu")  # device tensors are copied to host (the only copy made)
+    t = t.resolve_conj().resolve_neg().contiguous()
+    return Saveable(st, tuple(t.shape), (t.data_ptr(), t.nbytes), t.nbytes, t, False)
 
 
 def storage_key(value: Any) -> tuple[Any, ...] | None:

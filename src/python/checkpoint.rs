@@ -4,12 +4,12 @@
 use std::os::raw::c_int;
 use std::sync::Arc;
 
-use pyo3::buffer::PyUntypedBuffer;
 use pyo3::exceptions::PyIndexError;
 use pyo3::ffi;
 use pyo3::prelude::*;
 
 use super::errors::IntoPyResult;
+use super::{Held, Span};
 use crate::reader::Checkpoint;
 
 #[pyclass(frozen, name = "Checkpoint", module = "ckptio._core")]
@@ -98,14 +98,11 @@ impl PyCheckpoint {
         verify: bool,
         threads: usize,
     ) -> PyResult<()> {
-        let held: Vec<(usize, PyUntypedBuffer)> = jobs
+        let held: Vec<(usize, Held)> = jobs
             .iter()
-            .map(|(i, b)| Ok((*i, PyUntypedBuffer::get(b)?)))
+            .map(|(i, b)| Ok((*i, super::held_span(b, true, "destination")?)))
             .collect::<PyResult<_>>()?;
-        let spans: Vec<(usize, (usize, usize))> = held
-            .iter()
-            .map(|(i, b)| Ok((*i, super::buffer_bytes(b, true, "destination")?)))
-            .collect::<PyResult<_>>()?;
+        let spans: Vec<(usize, Span)> = held.iter().map(|(i, (_, s))| (*i, *s)).collect();
         let inner = self.inner.clone();
         py.detach(move || {
             // SAFETY: buffers are held until return and are fresh caller allocations.

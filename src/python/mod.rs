@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use pyo3::buffer::PyUntypedBuffer;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
+use pyo3::types::PyTuple;
 
 use crate::{commit, writer, Dtype, Kind};
 use checkpoint::{PyCheckpoint, PyMappedFile};
@@ -20,13 +21,15 @@ type PyTensor<'py> = (String, String, Vec<u64>, Bound<'py, PyAny>);
 type PyGroup<'py> = (String, Vec<PyTensor<'py>>, Vec<(String, String)>);
 
 /// A buffer's address and length, valid while its `PyUntypedBuffer` is held.
-type Span = (usize, usize);
+pub(crate) type Span = (usize, usize);
+/// A span and the buffer export (if any) that keeps it valid.
+pub(crate) type Held = (Option<PyUntypedBuffer>, Span);
 
 struct HeldTensor {
     name: String,
     dtype: Dtype,
     shape: Vec<u64>,
-    _held: PyUntypedBuffer,
+    _held: Option<PyUntypedBuffer>,
     span: Span,
 }
 
@@ -48,13 +51,12 @@ fn take_buffers(groups: Vec<PyGroup<'_>>) -> PyResult<Vec<OwnedGroup>> {
                             "tensor {tname:?}: unsupported dtype {dtype:?}"
                         ))
                     })?;
-                    let buf = PyUntypedBuffer::get(&obj)?;
-                    let span = buffer_bytes(&buf, false, &format!("tensor {tname:?}"))?;
+                    let (held, span) = held_span(&obj, false, &tname)?;
                     Ok(HeldTensor {
                         name: tname,
                         dtype: dt,
                         shape,
-                        _held: buf,
+                        _held: held,
                         span,
                     })
                 })
@@ -140,6 +142,22 @@ pub(crate) fn buffer_bytes(
     Ok((buf.buf_ptr() as usize, buf.len_bytes()))
 }
 
+/// A tensor's bytes as Python passes them: an object exporting a buffer (held here),
+/// or an `(address, nbytes)` pair for memory the Python layer keeps alive for the call
+/// (CPU torch tensors: cheaper than a buffer export).
+pub(crate) fn held_span(
+    obj: &Bound<'_, PyAny>,
+    writable: bool,
+    what: &str,
+) -> PyResult<(Option<PyUntypedBuffer>, Span)> {
+    if let Ok(pair) = obj.cast::<PyTuple>() {
+        return Ok((None, pair.extract()?));
+    }
+    let buf = PyUntypedBuffer::get(obj)?;
+    let span = buffer_bytes(&buf, writable, what)?;
+    Ok((Some(buf), span))
+}
+
 /// Slice from an address and length taken by `buffer_bytes` (empty buffers may have
 /// no valid pointer).
 ///
@@ -160,19 +178,16 @@ fn copy_into(
     pairs: Vec<(Bound<'_, PyAny>, Bound<'_, PyAny>)>,
     threads: usize,
 ) -> PyResult<()> {
-    let held: Vec<(PyUntypedBuffer, PyUntypedBuffer)> = pairs
-        .iter()
-        .map(|(s, d)| Ok((PyUntypedBuffer::get(s)?, PyUntypedBuffer::get(d)?)))
-        .collect::<PyResult<_>>()?;
-    let spans: Vec<(Span, Span)> = held
+    let held: Vec<(Held, Held)> = pairs
         .iter()
         .map(|(s, d)| {
             Ok((
-                buffer_bytes(s, false, "source")?,
-                buffer_bytes(d, true, "destination")?,
+                held_span(s, false, "source")?,
+                held_span(d, true, "destination")?,
             ))
         })
         .collect::<PyResult<_>>()?;
+    let spans: Vec<(Span, Span)> = held.iter().map(|((_, s), (_, d))| (*s, *d)).collect();
     py.detach(|| {
         // SAFETY: all buffers are held until return; destinations are distinct objects
         // the caller allocated for this copy.
