@@ -40,7 +40,7 @@ class Report:
         """
         rows = summarize(result)
         sizes = {w.name: w.nbytes for w in result.workloads}
-        return cls(result, machine, date, command, rows, evaluate(rows, sizes))
+        return cls(result, machine, date, command, rows, evaluate(rows, sizes, result.first_saves))
 
 
 def human_bytes(n: float) -> str:
@@ -158,6 +158,12 @@ def _notes(report: Report) -> list[str]:
     out += [f"{name}: {BY_NAME[name].note}" for name in BY_NAME if name in active and BY_NAME[name].note]
     out.append("peak RSS: growth of VmHWM during the operation (file pages a mapping touches count too);")
     out.append("  anon: anonymous memory still held at the end (copies the library made)")
+    for m in report.result.first_saves:
+        if m.stall is not None:
+            out.append(
+                f"first {m.workload} save of {m.library} (untimed, allocates the staging copy): stall "
+                f"{human_seconds(m.stall)}, total {human_seconds(m.seconds)}, peak RSS {_rss(m.rss_peak)}"
+            )
     out += [f"skipped {name}: {why}" for name, why in report.result.skipped.items()]
     out += [f"failed {what}" for what in report.result.failures]
     return out
@@ -275,6 +281,7 @@ def to_json(report: Report) -> str:
         "rows": [asdict(row) for row in report.rows],
         "targets": [asdict(t) for t in report.targets],
         "measurements": [asdict(m) for m in r.measurements],
+        "first_saves": [asdict(m) for m in r.first_saves],
         "skipped": r.skipped,
         "failures": r.failures,
         "versions": r.versions,

@@ -68,6 +68,9 @@ class BenchResult:
     config: BenchConfig
     workloads: list[WorkloadInfo] = field(default_factory=list)
     measurements: list[Measurement] = field(default_factory=list)
+    #: The first, untimed save of each library in each workload (round -1): not in the
+    #: medians; it shows first-call costs, e.g. an async save allocating its staging.
+    first_saves: list[Measurement] = field(default_factory=list)
     #: library -> why it was skipped (not installed, ...)
     skipped: dict[str, str] = field(default_factory=dict)
     #: "workload / library / operation: error" of operations that failed
@@ -75,6 +78,20 @@ class BenchResult:
     versions: dict[str, str] = field(default_factory=dict)
     active: list[str] = field(default_factory=list)
     seconds: float = 0.0
+
+
+def _measurement(workload: str, library: str, op: str, rnd: int, reply: dict[str, Any]) -> Measurement:
+    return Measurement(
+        workload,
+        library,
+        op,
+        rnd,
+        reply["seconds"],
+        reply["rss_peak"],
+        reply["rss_anon"],
+        reply.get("stall"),
+        reply.get("resident_before"),
+    )
 
 
 def _slug(name: str) -> str:
@@ -205,7 +222,10 @@ class Benchmark:
                 continue
             keep = lib.reads_from is None
             path = sources_dir / _slug(name) if keep else sources_dir / (_slug(name) + "-warmup")
-            if self._request(workload, name, SAVE, path, keep) is None and keep:
+            reply = self._request(workload, name, SAVE, path, keep)
+            if reply is not None:
+                self.result.first_saves.append(_measurement(workload, name, SAVE, -1, reply))
+            elif keep:
                 for reader in self.result.active:  # nothing to load: skip its readers
                     for op in OPERATIONS:
                         if op not in SAVES and source_of(reader) == name:
@@ -220,21 +240,8 @@ class Benchmark:
         else:
             path = sources_dir / _slug(source_of(name))
         reply = self._request(workload, name, op, path, keep=False)
-        if reply is None:
-            return
-        self.result.measurements.append(
-            Measurement(
-                workload,
-                name,
-                op,
-                rnd,
-                reply["seconds"],
-                reply["rss_peak"],
-                reply["rss_anon"],
-                reply.get("stall"),
-                reply.get("resident_before"),
-            )
-        )
+        if reply is not None:
+            self.result.measurements.append(_measurement(workload, name, op, rnd, reply))
 
     def _run_workload(self, workload: str) -> None:
         self._failed = set()  # an operation failing on one workload may run on the next

@@ -72,7 +72,10 @@ class CkptioAsync(Ckptio):
 
     name = "ckptio async"
     operations = (SAVE,)
-    note = "time = until result(); the training stall is the time the call blocks"
+    note = (
+        "time = until result(); stall = the call itself, the training loop's pause; the staging "
+        "buffer of the first (untimed) save is reused, as in a training loop"
+    )
 
     def unavailable(self) -> str | None:
         if not hasattr(ckptio, "save_state_async"):
