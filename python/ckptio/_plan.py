@@ -115,9 +115,7 @@ class SavePlan:
 
     def staging_bytes(self) -> int:
         """Size of the staging buffer ``snapshot`` needs."""
-        return sum(
-            -(-r.nbytes // _ALIGN) * _ALIGN for _, rows, _ in self.groups for r in rows if r.borrowed
-        )
+        return sum(-(-r.nbytes // _ALIGN) * _ALIGN for _, rows, _ in self.groups for r in rows if r.borrowed)
 
     def snapshot(self, staging: np.ndarray | None = None) -> np.ndarray:
         """Copies every tensor still in the caller's memory into one staging buffer
