@@ -166,7 +166,10 @@ class WorkerProcess:
         self.family = family
         self.log_path = Path(log_path)
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in close()
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        # The worker imports the same ckptio as this process, installed or not.
+        package_parent = str(Path(__file__).resolve().parents[2])
+        path = os.pathsep.join(p for p in (package_parent, os.environ.get("PYTHONPATH")) if p)
+        env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=path)
         self.process = subprocess.Popen(
             [sys.executable, "-m", "ckptio.bench.worker"],
             stdin=subprocess.PIPE,
