@@ -10,12 +10,15 @@ use std::path::Path;
 
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
 use crate::dtype::{byte_len, Dtype};
 use crate::error::{Error, Result};
 
 /// Largest JSON header accepted (the limit safetensors itself uses).
 pub const MAX_HEADER_LEN: u64 = 100 * 1024 * 1024;
+/// Most dimensions a tensor may have (numpy's limit).
+pub const MAX_RANK: usize = 64;
 /// The data section starts at a multiple of this, so every tensor is aligned to its
 /// element size (tensors are ordered by element size, largest first).
 const HEADER_ALIGN: usize = 8;
@@ -173,14 +176,17 @@ pub fn parse(file: &Path, bytes: &[u8]) -> Result<ParsedHeader> {
     let file_len = bytes.len() as u64;
     let hlen = header_len(file, bytes, file_len)?;
     let json = &bytes[8..hlen as usize];
-    let entries: UniqueMap<serde_json::Value> = serde_json::from_slice(json)
+    // Raw values: every object is read once, as text, by a parser that rejects
+    // duplicate keys at both levels (a reader that kept the first of two keys and one
+    // that kept the last would see different files) and never recurses.
+    let entries: UniqueMap<Box<RawValue>> = serde_json::from_slice(json)
         .map_err(|e| Error::format(file, format!("invalid JSON header: {e}")))?;
 
     let mut metadata = Vec::new();
     let mut tensors = Vec::with_capacity(entries.0.len());
     for (name, value) in entries.0 {
         if name == METADATA_KEY {
-            let meta: UniqueMap<String> = serde_json::from_value(value).map_err(|e| {
+            let meta: UniqueMap<String> = serde_json::from_str(value.get()).map_err(|e| {
                 Error::format(
                     file,
                     format!("{METADATA_KEY} must map strings to strings: {e}"),
@@ -189,7 +195,7 @@ pub fn parse(file: &Path, bytes: &[u8]) -> Result<ParsedHeader> {
             metadata = meta.0;
             continue;
         }
-        let entry: HeaderEntry = serde_json::from_value(value).map_err(|e| {
+        let entry: HeaderEntry = serde_json::from_str(value.get()).map_err(|e| {
             Error::format(file, format!("tensor {name:?}: invalid header entry: {e}"))
         })?;
         let dtype = Dtype::parse(&entry.dtype).ok_or_else(|| {
@@ -198,6 +204,7 @@ pub fn parse(file: &Path, bytes: &[u8]) -> Result<ParsedHeader> {
                 format!("tensor {name:?}: unsupported dtype {:?}", entry.dtype),
             )
         })?;
+        check_shape(file, &name, dtype, &entry.shape)?;
         let [b, e] = entry.data_offsets;
         let need = byte_len(dtype, &entry.shape).ok_or_else(|| {
             Error::format(
@@ -234,6 +241,32 @@ pub fn parse(file: &Path, bytes: &[u8]) -> Result<ParsedHeader> {
         metadata,
         tensors,
     })
+}
+
+/// Shapes every array library can represent: at most [`MAX_RANK`] dimensions, and the
+/// product of the non-zero dimensions, in bytes, within `i64` (numpy's rule, which it
+/// applies to empty arrays too), so a zero-size tensor cannot carry absurd dimensions.
+fn check_shape(file: &Path, name: &str, dtype: Dtype, shape: &[u64]) -> Result<()> {
+    if shape.len() > MAX_RANK {
+        return Err(Error::format(
+            file,
+            format!(
+                "tensor {name:?}: {} dimensions, more than {MAX_RANK}",
+                shape.len()
+            ),
+        ));
+    }
+    let nonzero_bytes = shape
+        .iter()
+        .filter(|&&d| d != 0)
+        .try_fold(dtype.size() as u64, |acc, &d| acc.checked_mul(d));
+    match nonzero_bytes {
+        Some(n) if n <= i64::MAX as u64 => Ok(()),
+        _ => Err(Error::format(
+            file,
+            format!("tensor {name:?}: shape {shape:?} overflows (dimensions too large)"),
+        )),
+    }
 }
 
 /// Data must tile `[hlen, file_len)` exactly: no overlap, no hole, no trailing bytes.
@@ -401,5 +434,44 @@ mod tests {
         .contains("overflows"));
         assert!(err(&raw_file(r#"{"__metadata__":{"k":1}}"#, 0)).contains("strings"));
         assert!(err(&raw_file(r#"[1,2]"#, 0)).contains("invalid JSON"));
+    }
+
+    #[test]
+    fn rejects_polyglots_and_unrepresentable_shapes() {
+        // Duplicate keys at any level: readers keeping the first or the last would differ.
+        assert!(err(&raw_file(r#"{"__metadata__":{"k":"a","k":"b"}}"#, 0)).contains("duplicate"));
+        assert!(err(&raw_file(
+            r#"{"a":{"dtype":"U8","dtype":"I8","shape":[1],"data_offsets":[0,1]}}"#,
+            1
+        ))
+        .contains("duplicate"));
+        // Empty, but with dimensions no array library can hold.
+        assert!(err(&raw_file(
+            r#"{"a":{"dtype":"U8","shape":[0,9223372036854775808],"data_offsets":[0,0]}}"#,
+            0
+        ))
+        .contains("overflows"));
+        let rank65 = format!(
+            r#"{{"a":{{"dtype":"U8","shape":[{}],"data_offsets":[0,1]}}}}"#,
+            ["1"; 65].join(",")
+        );
+        assert!(err(&raw_file(&rank65, 1)).contains("dimensions"));
+        let rank64 = rank65.replacen("1,", "", 1);
+        assert!(parse(Path::new("f"), &raw_file(&rank64, 1)).is_ok());
+        let deep = format!(r#"{{"a":{}{}}}"#, "[".repeat(100_000), "]".repeat(100_000));
+        assert!(err(&raw_file(&deep, 0)).contains("invalid header entry"));
+    }
+
+    /// Every committed fuzz seed (fuzz/seeds/header) parses or fails without panicking.
+    #[test]
+    fn fuzz_seeds_replay() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/header");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+            let _ = parse(Path::new("seed"), &bytes);
+            n += 1;
+        }
+        assert!(n > 0, "no seeds in {}", dir.display());
     }
 }

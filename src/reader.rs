@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::Read;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
 
@@ -87,10 +87,12 @@ pub struct Checkpoint {
 }
 
 fn open_regular(path: &Path) -> Result<File> {
-    // O_NOFOLLOW: a symlink inside a checkpoint could point anywhere.
+    // O_NOFOLLOW: a symlink inside a checkpoint could point anywhere. O_NONBLOCK: opening
+    // a FIFO planted under a listed name would otherwise wait for a writer forever (it
+    // changes nothing for regular files).
     let file = fs::OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
         .open(path)
         .map_err(|e| match e.raw_os_error() {
             Some(libc::ELOOP) => Error::format(
@@ -98,6 +100,10 @@ fn open_regular(path: &Path) -> Result<File> {
                 "is a symbolic link; checkpoints contain only regular files",
             ),
             Some(libc::ENOENT) => Error::corrupt(path, None, "file is missing"),
+            // A socket cannot be opened at all (ENXIO); name it for what it is.
+            _ if fs::symlink_metadata(path).is_ok_and(|m| !m.is_file()) => {
+                Error::format(path, "is not a regular file")
+            }
             _ => Error::io("open", path, e),
         })?;
     let meta = file.metadata().ctx("stat", path)?;
@@ -166,17 +172,20 @@ fn map_tensor_file(
             format!("file is {len} bytes, the manifest says {}", rec.size),
         ));
     }
-    if len < 8 {
-        return Err(Error::format(
-            &path,
-            format!("file is {len} bytes, too short for a safetensors header"),
-        ));
-    }
+    // Check the header length before mapping: a hostile prefix is refused without
+    // mapping (let alone reading) the gigabytes it claims.
+    let mut prefix = [0u8; 8];
+    let got = if len >= 8 {
+        file.read_exact_at(&mut prefix, 0).ctx("read", &path)?;
+        8
+    } else {
+        0
+    };
+    let hlen = format::header_len(&path, &prefix[..got], len)?;
     // SAFETY: the file is a regular file of the checked length, never modified in
     // place by ckptio; the private mapping keeps writes local to this process.
     let mut map = unsafe { MmapOptions::new().map_copy(&file) }.ctx("mmap", &path)?;
     let ptr = NonNull::new(map.as_mut_ptr()).expect("mmap is non-null");
-    let hlen = format::header_len(&path, &map, len)?;
     let stored = parse_hex(&path, "header", &rec.xxh3)?;
     if checksum::hash(&map[..hlen as usize]) != stored {
         return Err(Error::corrupt(&path, None, "header checksum mismatch"));
@@ -217,11 +226,15 @@ pub fn open(dir: &Path) -> Result<Checkpoint> {
     for rec in &manifest.tensors {
         let fi = file_index[rec.file.as_str()];
         let path = &files[fi].path;
+        // Both checksums passed, so a disagreement is no accident of storage: the files
+        // were made inconsistent on purpose or by a broken writer. Hence format errors.
         let layout = by_name[fi].remove(rec.name.as_str()).ok_or_else(|| {
-            Error::corrupt(
+            Error::format(
                 path,
-                Some(&rec.name),
-                "listed in the manifest but missing from the file header",
+                format!(
+                    "tensor {:?}: listed in the manifest but missing from the file header",
+                    rec.name
+                ),
             )
         })?;
         let dtype = Dtype::parse(&rec.dtype);
@@ -229,10 +242,12 @@ pub fn open(dir: &Path) -> Result<Checkpoint> {
             || rec.shape != layout.shape
             || rec.byte_range != [layout.begin, layout.end]
         {
-            return Err(Error::corrupt(
+            return Err(Error::format(
                 path,
-                Some(&rec.name),
-                "manifest entry disagrees with the file header",
+                format!(
+                    "tensor {:?}: manifest entry disagrees with the file header",
+                    rec.name
+                ),
             ));
         }
         tensors.push(TensorInfo {
@@ -248,10 +263,9 @@ pub fn open(dir: &Path) -> Result<Checkpoint> {
     }
     for (fi, rest) in by_name.iter().enumerate() {
         if let Some(name) = rest.keys().next() {
-            return Err(Error::corrupt(
+            return Err(Error::format(
                 &files[fi].path,
-                Some(name),
-                "in the file header but not in the manifest",
+                format!("tensor {name:?}: in the file header but not in the manifest"),
             ));
         }
     }
@@ -334,15 +348,23 @@ impl Checkpoint {
             .filter(|r| r.role == FileRole::Index)
         {
             let path = self.dir.join(&rec.name);
-            let mut bytes = Vec::new();
             let mut file = open_regular(&path)?;
-            if file.metadata().ctx("stat", &path)?.len() != rec.size {
+            let len = file.metadata().ctx("stat", &path)?.len();
+            if len != rec.size {
                 return Err(Error::corrupt(
                     &path,
                     None,
                     "file size differs from the manifest",
                 ));
             }
+            // Side files are small JSON; the cap bounds what a hostile one makes us read.
+            if len > MAX_MANIFEST_LEN {
+                return Err(Error::format(
+                    &path,
+                    format!("side file is {len} bytes, over the {MAX_MANIFEST_LEN}-byte cap"),
+                ));
+            }
+            let mut bytes = Vec::with_capacity(len as usize);
             file.read_to_end(&mut bytes).ctx("read", &path)?;
             if checksum::to_hex(checksum::hash(&bytes)) != rec.xxh3 {
                 return Err(Error::corrupt(&path, None, "checksum mismatch"));
