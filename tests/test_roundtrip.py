@@ -132,3 +132,17 @@ def test_manifest_is_readable_json_with_the_documented_fields(ckpt_path):
     assert [f["name"] for f in m["files"]] == ["model.safetensors", "optimizer.safetensors"]
     assert m["tensors"][0]["name"] == "w" and len(m["tensors"][0]["xxh3"]) == 16
     assert m["user"]["step"] == 3
+
+
+def test_loads_return_the_framework_the_weights_were_saved_as(tmp_path):
+    torch = pytest.importorskip("torch")
+    ckptio.save_state(tmp_path / "t", {"w": torch.ones(2)}, {"m": torch.zeros(2), "n": np.zeros(1)})
+    ckptio.save_weights_for_sampler(tmp_path / "n", {"w": np.ones(2)})
+    assert isinstance(ckptio.load_state(tmp_path / "t")["w"], torch.Tensor)
+    w, opt, _, _ = ckptio.load_state_with_optimizer(tmp_path / "t")
+    assert isinstance(w["w"], torch.Tensor) and isinstance(opt["m"], torch.Tensor)
+    assert isinstance(opt["n"], np.ndarray)
+    assert isinstance(ckptio.load_state(tmp_path / "t", framework="numpy")["w"], np.ndarray)
+    assert isinstance(ckptio.load_state(tmp_path / "n")["w"], np.ndarray)
+    assert isinstance(ckptio.load_state(tmp_path / "n", framework="torch")["w"], torch.Tensor)
+    assert ckptio.open(tmp_path / "t").framework == "torch"

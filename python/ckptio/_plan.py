@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from . import _core
-from ._tensors import as_saveable, storage_key
+from ._tensors import as_saveable, is_torch_tensor, storage_key
 from ._tree import flatten
 from .checkpoint import OPTIMIZER, WEIGHTS
 
@@ -65,6 +65,8 @@ def _user_section(metadata: Any, step: Any, skeleton: Any, weights: _Rows) -> st
     except (TypeError, ValueError) as e:
         raise type(e)(f"metadata must be JSON-serializable (no NaN/inf): {e}") from None
     section: dict[str, Any] = {"step": step, "optimizer": skeleton}
+    if weights.rows and all(is_torch_tensor(r.owner) for r in weights.rows):
+        section["framework"] = "torch"  # loads default to what was saved
     if weights.aliases:
         section["aliases"] = weights.aliases
         section["order"] = weights.order

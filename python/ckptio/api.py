@@ -106,10 +106,16 @@ def open(path: PathLike) -> Checkpoint:
 
 
 def load_state(
-    path: PathLike, *, framework: str = "numpy", device: Any = None, verify: bool = False, copy: bool = False
+    path: PathLike,
+    *,
+    framework: str | None = None,
+    device: Any = None,
+    verify: bool = False,
+    copy: bool = False,
 ) -> dict[str, Any]:
     """Loads the weights of either kind of checkpoint, in save order, as zero-copy
-    views of the mapped files (numpy, or torch with ``framework="torch"``).
+    views of the mapped files: numpy arrays or torch tensors, as they were saved, unless
+    ``framework="numpy"`` or ``"torch"`` says otherwise.
 
     ``verify=True`` checks every tensor's checksum first. By default the load checks
     the manifest checksum, every header checksum and all structure, but not the data.
@@ -137,7 +143,8 @@ def load_state_with_optimizer(
     """Loads weights, optimizer state, step and metadata of a ``state`` checkpoint.
 
     Raises CheckpointKindError on a ``sampler`` checkpoint. Optimizer array leaves come
-    back as the type they were saved as; ``framework`` forces numpy or torch.
+    back as the type they were saved as, and so do the weights; ``framework`` forces
+    numpy or torch.
 
     Example:
         >>> import numpy as np, ckptio, tempfile, os
@@ -152,7 +159,7 @@ def load_state_with_optimizer(
     if verify:
         ckpt.verify()
     ckpt.prefetch()
-    weights = ckpt.weights(framework=framework or "numpy", device=device)
+    weights = ckpt.weights(framework=framework, device=device)
     return TrainingState(weights, optimizer_state, ckpt.step, ckpt.metadata)
 
 

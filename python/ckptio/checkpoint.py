@@ -101,6 +101,12 @@ class Checkpoint(Mapping[str, Any]):
         return None if step is None else int(step)
 
     @property
+    def framework(self) -> str:
+        """``"torch"`` if the weights were saved as torch tensors, else ``"numpy"``:
+        what loads return unless told otherwise."""
+        return "torch" if self._user.get("framework") == "torch" else "numpy"
+
+    @property
     def names(self) -> list[str]:
         """Weight names, in the order they were saved."""
         return list(self._weight_names)
@@ -133,9 +139,11 @@ class Checkpoint(Mapping[str, Any]):
             arr = self._bytes[fi] = np.frombuffer(self._core.file(fi), dtype=np.uint8)
         return arr
 
-    def tensor(self, name: str, group: str = WEIGHTS, *, framework: str = "numpy", device: Any = None) -> Any:
-        """One tensor as a zero-copy view (numpy array or, with framework="torch", a
-        torch tensor; ``device`` moves it, which copies).
+    def tensor(
+        self, name: str, group: str = WEIGHTS, *, framework: str | None = None, device: Any = None
+    ) -> Any:
+        """One tensor as a zero-copy view: a numpy array or a torch tensor, as the
+        weights were saved unless ``framework`` says; ``device`` moves it (a copy).
 
         Example:
             >>> _example().tensor("w")
@@ -148,6 +156,7 @@ class Checkpoint(Mapping[str, Any]):
         except KeyError:
             raise KeyError(f"no tensor {name!r} in {group!r} of {self.path}") from None
         raw = self._file_bytes(fi)[begin:end]
+        framework = framework or self.framework
         if framework == "numpy":
             if device is not None:
                 raise ValueError("device= needs framework='torch'")
@@ -168,8 +177,11 @@ class Checkpoint(Mapping[str, Any]):
     def __contains__(self, name: object) -> bool:
         return (WEIGHTS, name) in self._infos or name in self._aliases
 
-    def weights(self, *, framework: str = "numpy", device: Any = None, copy: bool = False) -> dict[str, Any]:
-        """All weights, in save order. Zero-copy views by default; ``copy=True`` reads
+    def weights(
+        self, *, framework: str | None = None, device: Any = None, copy: bool = False
+    ) -> dict[str, Any]:
+        """All weights, in save order, as numpy arrays or torch tensors (as saved, unless
+        ``framework`` says). Zero-copy views by default; ``copy=True`` reads
         them into fresh memory with parallel positional reads, checking every
         tensor's checksum on the way. Tied weights come back as one object under each
         of their names.
@@ -179,6 +191,7 @@ class Checkpoint(Mapping[str, Any]):
             {'w': array([1., 1., 1.], dtype=float32)}
         """
         stored = [n for n in self._weight_names if n not in self._aliases]
+        framework = framework or self.framework
         if copy:
             out = self._read_copies(stored, framework, device)
         else:
