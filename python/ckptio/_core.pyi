@@ -1,7 +1,21 @@
 """Type stubs for the Rust extension ``ckptio._core`` (the binding layer)."""
 
-from collections.abc import Buffer, Sequence
+from collections.abc import Sequence
 from os import PathLike
+from typing import final
+
+from typing_extensions import Buffer
+
+__all__ = [
+    "CHECKSUM_ALGORITHM",
+    "FORMAT_VERSION",
+    "Checkpoint",
+    "MappedFile",
+    "cleanup",
+    "copy_into",
+    "open",
+    "save",
+]
 
 FORMAT_VERSION: int
 CHECKSUM_ALGORITHM: str
@@ -34,6 +48,7 @@ def copy_into(pairs: Sequence[tuple[Buffer, Buffer]], threads: int = 0) -> None:
 def cleanup(directory: str | PathLike[str]) -> list[str]:
     """Removes leftovers of dead saves in ``directory``; returns their paths."""
 
+@final
 class Checkpoint:
     @property
     def kind(self) -> str: ...
@@ -52,10 +67,11 @@ class Checkpoint:
         positional reads, checking each tensor's checksum when ``verify``."""
     def prefetch(self) -> None: ...
 
-class MappedFile(Buffer):
-    """A tensor file mapped copy-on-write; exports a writable byte buffer."""
+@final
+class MappedFile:
+    """A tensor file mapped copy-on-write; exports a writable byte buffer (the
+    buffer protocol, so ``numpy.frombuffer(mapped_file, numpy.uint8)`` views it)."""
 
     @property
     def name(self) -> str: ...
     def __len__(self) -> int: ...
-    def __buffer__(self, flags: int, /) -> memoryview: ...
