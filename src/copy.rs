@@ -22,7 +22,7 @@ pub fn copy_all(jobs: Vec<(&[u8], &mut [u8])>, threads: usize) -> Result<()> {
             d.len()
         )));
     }
-    pool::get(threads)?.install(|| {
+    pool::get_for(pool::Purpose::Copy, threads)?.install(|| {
         jobs.into_par_iter().for_each(|(src, dst)| {
             dst.par_chunks_mut(CHUNK)
                 .zip(src.par_chunks(CHUNK))
