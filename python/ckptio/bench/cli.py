@@ -296,8 +296,8 @@ def run(args: argparse.Namespace) -> int:
     if progress is not None:
         progress.close()
 
+    machine["load_average_after"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     report = Report.build(result, machine, date, _command_line(args))
-    print(format_terminal(report))
     if args.json:
         Path(args.json).write_text(to_json(report))
     if args.plot:
@@ -308,6 +308,7 @@ def run(args: argparse.Namespace) -> int:
         markdown_dir = Path(args.markdown).resolve().parent
         plot_link = os.path.relpath(Path(args.plot).resolve(), markdown_dir) if args.plot else None
         Path(args.markdown).write_text(format_markdown(report, plot_link))
+    print(format_terminal(report))
     written = [f for f in (args.json, args.markdown, args.plot) if f]
     if written:
         print(f"wrote {', '.join(written)}")

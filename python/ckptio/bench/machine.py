@@ -94,7 +94,16 @@ def describe_machine(directory: str | os.PathLike[str]) -> dict[str, Any]:
         "python": platform.python_version(),
         "directory": str(Path(directory).resolve()),
         "filesystem": filesystem_of(directory),
+        "load_average_before": _load_average(),
     }
+
+
+def _load_average() -> list[float] | None:
+    """1, 5 and 15-minute load averages: how busy the (shared) machine was."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
 
 
 def describe_line(machine: dict[str, Any]) -> str:

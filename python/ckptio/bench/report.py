@@ -120,10 +120,21 @@ def _header_lines(report: Report) -> list[str]:
         f"directory {report.machine['directory']} ({report.machine['filesystem']['type']}, "
         f"mount options {report.machine['filesystem']['options'] or '-'})",
         f"software: {versions}",
+        _load_line(report),
         f"median of {r.config.runs} run{'s' if r.config.runs != 1 else ''}, library order alternating "
         "between runs; "
         "GB/s = 10^9 bytes/s; 'vs ckptio' and 'vs raw' are speed ratios (> 1 is faster)",
     ]
+
+
+def _load_line(report: Report) -> str:
+    before, after = report.machine.get("load_average_before"), report.machine.get("load_average_after")
+    if not before:
+        return "load average: unknown"
+    text = f"load average (1/5/15 min) before the run {' '.join(f'{x:.2f}' for x in before)}"
+    if after:
+        text += f", after {' '.join(f'{x:.2f}' for x in after)}"
+    return text + f" on {report.machine['cores']} cores (other work on the machine shows here)"
 
 
 def _software(report: Report) -> dict[str, str]:
@@ -230,7 +241,9 @@ def format_markdown(report: Report, plot_file: str | None = None) -> str:
         f"- Directory: `{report.machine['directory']}` ({report.machine['filesystem']['type']}, "
         f"`{report.machine['filesystem']['options']}`)",
         f"- Software: {', '.join(f'{k} {v}' for k, v in _software(report).items())}",
-        f"- Median of {r.config.runs} runs, library order alternating between runs; the whole run "
+        f"- {_load_line(report).capitalize()}",
+        f"- Median of {r.config.runs} run{'s' if r.config.runs != 1 else ''}, library order alternating "
+        "between runs; the whole run "
         f"took {r.seconds:.0f} s. GB/s = 10^9 bytes/s; *vs ckptio* and *vs raw* are speed "
         "ratios (> 1 is faster).",
         "",
