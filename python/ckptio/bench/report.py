@@ -20,6 +20,23 @@ _DESCRIPTIONS = {
 }
 
 
+_METHOD = [
+    "- Every library saves and loads the same seeded state, built in one worker process per "
+    "library family (`ckptio.bench.worker`); each operation is timed inside that worker.",
+    "- Each library first saves once, untimed: that checkpoint is what its loads read, and "
+    "first-call costs stay out of the figures. Saves in the rounds go to fresh paths and are "
+    "removed right after.",
+    "- Before every operation: garbage collected, `malloc_trim(0)`, `sync()`. Cold loads then "
+    "fsync and `posix_fadvise(DONTNEED)` every file and check with `mincore` that nothing stayed "
+    "cached; hot loads and verify check that everything is cached.",
+    "- Peak RSS: `/proc/self/clear_refs` resets `VmHWM` before the operation; the figure is "
+    "`VmHWM` after it minus before.",
+    "- Rounds alternate the library order (A B C, C B A, ...); every figure is the median over "
+    "the rounds. Ratios are speed ratios against the `ckptio` row and the raw row.",
+    "- Reproduce: `pip install '.[bench]' && ckptio bench` (add `--json`, `--markdown`, `--plot`).",
+]
+
+
 @dataclass
 class Report:
     """A finished run with its summary rows and target checks, ready to print."""
@@ -167,14 +184,26 @@ def _notes(report: Report) -> list[str]:
     out = [f"{op}: {text}" for op, text in OPERATION_HELP.items()]
     active = set(report.result.active)
     out += [f"{name}: {BY_NAME[name].note}" for name in BY_NAME if name in active and BY_NAME[name].note]
-    out.append("peak RSS: growth of VmHWM during the operation (file pages a mapping touches count too);")
-    out.append("  anon: anonymous memory still held at the end (copies the library made)")
+    out.append(
+        "peak RSS: growth of VmHWM during the operation (file pages a mapping touches count too); "
+        "anon: anonymous memory still held at its end (copies the library made)"
+    )
     for m in report.result.first_saves:
         if m.stall is not None:
             out.append(
                 f"first {m.workload} save of {m.library} (untimed, allocates the staging copy): stall "
                 f"{human_seconds(m.stall)}, total {human_seconds(m.seconds)}, peak RSS {_rss(m.rss_peak)}"
             )
+    warm = [
+        m
+        for m in report.result.measurements
+        if m.operation == "load cold" and (m.resident_before or 0) > 0.05
+    ]
+    out += [
+        f"warning: a cold load of {m.library} ({m.workload}, run {m.round + 1}) started with "
+        f"{m.resident_before:.0%} of its files cached (posix_fadvise was not fully honored)"
+        for m in warm
+    ]
     out += [f"skipped {name}: {why}" for name, why in report.result.skipped.items()]
     out += [f"failed {what}" for what in report.result.failures]
     return out
@@ -265,6 +294,7 @@ def format_markdown(report: Report, plot_file: str | None = None) -> str:
         )
         lines.append("")
     lines += ["## Notes", "", *(f"- {n}" for n in _notes(report)), ""]
+    lines += ["## Method", "", *_METHOD, ""]
     return "\n".join(lines)
 
 
