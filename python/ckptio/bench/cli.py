@@ -95,7 +95,7 @@ def add_parser(subparsers: Any, func: Callable[[argparse.Namespace], int]) -> ar
         type=_argument_type(parse_size),
         default=None,
         help=f"bytes of the llm and mixed states, weights + Adam state (default {DEFAULT_SIZE}; "
-        "lora uses 1/8 of it); units K, M, G, T",
+        "lora uses 1/16 of it); units K, M, G, T",
     )
     p.add_argument(
         "--runs",

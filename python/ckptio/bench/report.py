@@ -26,7 +26,8 @@ _METHOD = [
     "- Each library first saves once, untimed: that checkpoint is what its loads read, and "
     "first-call costs stay out of the figures. Saves in the rounds go to fresh paths and are "
     "removed right after.",
-    "- Before every operation: garbage collected, `malloc_trim(0)`, `sync()`. Cold loads then "
+    "- Before every operation: garbage collected, `malloc_trim(0)`; before saves and cold loads "
+    "also `sync()`, so no earlier writeback runs meanwhile. Cold loads then "
     "fsync and `posix_fadvise(DONTNEED)` every file and check with `mincore` that nothing stayed "
     "cached; hot loads and verify check that everything is cached.",
     "- Peak RSS: `/proc/self/clear_refs` resets `VmHWM` before the operation; the figure is "

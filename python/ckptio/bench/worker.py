@@ -46,7 +46,8 @@ def _measure(library: Library, op: str, path: Path, keep: bool) -> dict[str, Any
     result: Any = None
     settle_memory()
     extra: dict[str, float] = {}
-    os.sync()  # no dirty pages of earlier operations being written back meanwhile
+    if op in SAVES or op == LOAD_COLD:
+        os.sync()  # no dirty pages of earlier operations being written back meanwhile
     if op == LOAD_COLD:
         drop_from_cache(files_under(path))
         extra["resident_before"] = resident_fraction(files_under(path))
