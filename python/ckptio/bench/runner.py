@@ -297,7 +297,7 @@ def estimate_memory_bytes(config: BenchConfig) -> int:
     async staging copy.
 
     Example:
-        >>> estimate_memory_bytes(BenchConfig(("lora",), 8 << 30, 1)) // (1 << 30)
+        >>> estimate_memory_bytes(BenchConfig(("lora",), 16 << 30, 1)) // (1 << 30)
         7
     """
     largest = max(workload_bytes(w, config.size) for w in config.workloads)
