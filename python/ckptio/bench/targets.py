@@ -145,7 +145,7 @@ def _memory_bounds(rows: list[Row], w: str, nbytes: int, first_saves: list[Measu
             TargetCheck(
                 "M2",
                 w,
-                "async save peak RSS +≤ staging copy + 64 MiB (first save: allocates the staging)",
+                "first async save: peak RSS +≤ staging copy + 64 MiB",
                 f"+{first.rss_peak / MIB:.0f} MiB (bound {bound / MIB:.0f} MiB)",
                 first.rss_peak <= bound,
             )
@@ -156,7 +156,7 @@ def _memory_bounds(rows: list[Row], w: str, nbytes: int, first_saves: list[Measu
             TargetCheck(
                 "M3",
                 w,
-                "zero-copy open: RSS grows only by touched pages (≤ 64 MiB)",
+                "open: peak RSS +≤ 64 MiB (no data touched)",
                 f"+{opened.rss_peak / MIB:.1f} MiB",
                 opened.rss_peak <= 64 * MIB,
             )
