@@ -84,36 +84,19 @@ pub struct Checkpoint {
     pub files: Vec<MappedFile>,
     /// In save order.
     pub tensors: Vec<TensorInfo>,
+    /// The directory as opened: every file was opened relative to it, and `verify`
+    /// lists it, so a checkpoint swapped in under the same name later never mixes in.
+    dir_fd: File,
+    /// The side files (role `index`), opened with the rest (None: could not be opened;
+    /// `verify` reports why).
+    side_files: Vec<Option<File>>,
 }
 
-fn open_regular(path: &Path) -> Result<File> {
-    // O_NOFOLLOW: a symlink inside a checkpoint could point anywhere. O_NONBLOCK: opening
-    // a FIFO planted under a listed name would otherwise wait for a writer forever (it
-    // changes nothing for regular files).
-    let file = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
-        .open(path)
-        .map_err(|e| match e.raw_os_error() {
-            Some(libc::ELOOP) => Error::format(
-                path,
-                "is a symbolic link; checkpoints contain only regular files",
-            ),
-            Some(libc::ENOENT) => Error::corrupt(path, None, "file is missing"),
-            // A socket cannot be opened at all (ENXIO); name it for what it is.
-            _ if fs::symlink_metadata(path).is_ok_and(|m| !m.is_file()) => {
-                Error::format(path, "is not a regular file")
-            }
-            _ => Error::io("open", path, e),
-        })?;
-    let meta = file.metadata().ctx("stat", path)?;
-    if !meta.is_file() {
-        return Err(Error::format(path, "is not a regular file"));
-    }
-    Ok(file)
-}
+/// How often `open` starts over when the name was swapped to another checkpoint while
+/// it was reading (each retry needs a new swap to fail again).
+const OPEN_ATTEMPTS: usize = 8;
 
-fn read_manifest(dir: &Path) -> Result<Manifest> {
+fn open_dir(dir: &Path) -> Result<File> {
     match fs::metadata(dir) {
         Err(_) => {
             return Err(Error::NotFound {
@@ -126,14 +109,70 @@ fn read_manifest(dir: &Path) -> Result<Manifest> {
         }
         Ok(_) => {}
     }
-    let path = dir.join(MANIFEST_NAME);
-    if fs::symlink_metadata(&path).is_err() {
-        return Err(Error::NotFound {
-            what: "not a ckptio checkpoint (no ckptio.json manifest) at",
-            path: dir.to_path_buf(),
-        });
+    fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+        .open(dir)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ENOENT) => Error::NotFound {
+                what: "no checkpoint at",
+                path: dir.to_path_buf(),
+            },
+            _ => Error::io("open", dir, e),
+        })
+}
+
+/// Opens `name` inside the opened directory. O_NOFOLLOW: a symlink inside a checkpoint
+/// could point anywhere. O_NONBLOCK: opening a FIFO planted under a listed name would
+/// otherwise wait for a writer forever (it changes nothing for regular files).
+fn openat(dir_fd: &File, name: &str) -> std::io::Result<File> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let c_name = std::ffi::CString::new(name)
+        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    let flags = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK;
+    // SAFETY: a valid directory descriptor and a NUL-terminated name; on success the
+    // new descriptor is owned by the returned File alone.
+    let fd = unsafe { libc::openat(dir_fd.as_raw_fd(), c_name.as_ptr(), flags) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
     }
-    let mut file = open_regular(&path)?;
+    // SAFETY: `fd` is a fresh descriptor nobody else owns.
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
+
+/// Opens a file the manifest lists; it must be a regular file.
+fn open_regular(dir_fd: &File, dir: &Path, name: &str) -> Result<File> {
+    let path = dir.join(name);
+    let file = openat(dir_fd, name).map_err(|e| match e.raw_os_error() {
+        Some(libc::ELOOP) => Error::format(
+            &path,
+            "is a symbolic link; checkpoints contain only regular files",
+        ),
+        Some(libc::ENOENT) => Error::corrupt(&path, None, "file is missing"),
+        // A socket cannot be opened at all (ENXIO); name it for what it is.
+        _ if fs::symlink_metadata(&path).is_ok_and(|m| !m.is_file()) => {
+            Error::format(&path, "is not a regular file")
+        }
+        _ => Error::io("open", &path, e),
+    })?;
+    let meta = file.metadata().ctx("stat", &path)?;
+    if !meta.is_file() {
+        return Err(Error::format(&path, "is not a regular file"));
+    }
+    Ok(file)
+}
+
+fn read_manifest(dir_fd: &File, dir: &Path) -> Result<Manifest> {
+    let path = dir.join(MANIFEST_NAME);
+    if let Err(e) = openat(dir_fd, MANIFEST_NAME) {
+        if e.raw_os_error() == Some(libc::ENOENT) {
+            return Err(Error::NotFound {
+                what: "not a ckptio checkpoint (no ckptio.json manifest) at",
+                path: dir.to_path_buf(),
+            });
+        }
+    }
+    let mut file = open_regular(dir_fd, dir, MANIFEST_NAME)?;
     let len = file.metadata().ctx("stat", &path)?.len();
     if len > MAX_MANIFEST_LEN {
         return Err(Error::format(
@@ -159,11 +198,12 @@ fn parse_hex(file: &Path, what: &str, s: &str) -> Result<u64> {
 
 /// Maps one tensor file and checks its size and header against the manifest.
 fn map_tensor_file(
+    dir_fd: &File,
     dir: &Path,
     rec: &manifest::FileRecord,
 ) -> Result<(MappedFile, format::ParsedHeader)> {
     let path = dir.join(&rec.name);
-    let file = open_regular(&path)?;
+    let file = open_regular(dir_fd, dir, &rec.name)?;
     let len = file.metadata().ctx("stat", &path)?.len();
     if len != rec.size {
         return Err(Error::corrupt(
@@ -202,8 +242,66 @@ fn map_tensor_file(
 }
 
 /// Opens the checkpoint at `dir`. Reads no tensor data.
+///
+/// Every file is opened relative to the directory opened first, so the result is one
+/// checkpoint even while another process replaces the name. If a replacement lands
+/// mid-open (the old directory's files vanish as its saver removes it), the open starts
+/// over on the new checkpoint instead of reporting damage that is not there.
 pub fn open(dir: &Path) -> Result<Checkpoint> {
-    let manifest = read_manifest(dir)?;
+    let mut attempt = 0;
+    loop {
+        let dir_fd = open_dir(dir)?;
+        match open_in(dir, dir_fd) {
+            Ok(ckpt) => return Ok(ckpt),
+            Err((e, dir_fd)) => {
+                attempt += 1;
+                if attempt >= OPEN_ATTEMPTS || !replaced(dir, &dir_fd) {
+                    return Err(e);
+                }
+            }
+        }
+    }
+}
+
+/// Does the name now lead to another directory than the one opened?
+fn replaced(dir: &Path, dir_fd: &File) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (fs::metadata(dir), dir_fd.metadata()) {
+        (Ok(now), Ok(opened)) => (now.dev(), now.ino()) != (opened.dev(), opened.ino()),
+        _ => true,
+    }
+}
+
+fn open_in(dir: &Path, dir_fd: File) -> std::result::Result<Checkpoint, (Error, File)> {
+    match open_checkpoint(dir, &dir_fd) {
+        Ok((manifest, files, tensors)) => {
+            let side_files: Vec<Option<File>> = manifest
+                .files
+                .iter()
+                .filter(|r| r.role == FileRole::Index)
+                .map(|r| open_regular(&dir_fd, dir, &r.name).ok())
+                .collect();
+            if side_files.iter().any(Option::is_none) && replaced(dir, &dir_fd) {
+                let e = Error::corrupt(dir, None, "replaced by another save while opening");
+                return Err((e, dir_fd));
+            }
+            Ok(Checkpoint {
+                dir: dir.to_path_buf(),
+                manifest,
+                files,
+                tensors,
+                dir_fd,
+                side_files,
+            })
+        }
+        Err(e) => Err((e, dir_fd)),
+    }
+}
+
+type Opened = (Manifest, Vec<MappedFile>, Vec<TensorInfo>);
+
+fn open_checkpoint(dir: &Path, dir_fd: &File) -> Result<Opened> {
+    let manifest = read_manifest(dir_fd, dir)?;
     let mut files = Vec::new();
     let mut file_index = HashMap::new();
     let mut headers = Vec::new();
@@ -212,7 +310,7 @@ pub fn open(dir: &Path) -> Result<Checkpoint> {
         .iter()
         .filter(|f| f.role == FileRole::Tensors)
     {
-        let (mapped, header) = map_tensor_file(dir, rec)?;
+        let (mapped, header) = map_tensor_file(dir_fd, dir, rec)?;
         file_index.insert(rec.name.as_str(), files.len());
         files.push(mapped);
         headers.push(header);
@@ -269,12 +367,7 @@ pub fn open(dir: &Path) -> Result<Checkpoint> {
             ));
         }
     }
-    Ok(Checkpoint {
-        dir: dir.to_path_buf(),
-        manifest,
-        files,
-        tensors,
-    })
+    Ok((manifest, files, tensors))
 }
 
 impl Checkpoint {
@@ -341,14 +434,22 @@ impl Checkpoint {
     }
 
     fn verify_side_files(&self) -> Result<()> {
-        for rec in self
+        let records = self
             .manifest
             .files
             .iter()
-            .filter(|r| r.role == FileRole::Index)
-        {
+            .filter(|r| r.role == FileRole::Index);
+        for (rec, held) in records.zip(&self.side_files) {
             let path = self.dir.join(&rec.name);
-            let mut file = open_regular(&path)?;
+            let reopened;
+            let file = match held {
+                Some(f) => f,
+                None => {
+                    // Not there at open: open it again for the error (or the file).
+                    reopened = open_regular(&self.dir_fd, &self.dir, &rec.name)?;
+                    &reopened
+                }
+            };
             let len = file.metadata().ctx("stat", &path)?.len();
             if len != rec.size {
                 return Err(Error::corrupt(
@@ -364,13 +465,13 @@ impl Checkpoint {
                     format!("side file is {len} bytes, over the {MAX_MANIFEST_LEN}-byte cap"),
                 ));
             }
-            let mut bytes = Vec::with_capacity(len as usize);
-            file.read_to_end(&mut bytes).ctx("read", &path)?;
+            let mut bytes = vec![0u8; len as usize];
+            file.read_exact_at(&mut bytes, 0).ctx("read", &path)?;
             if checksum::to_hex(checksum::hash(&bytes)) != rec.xxh3 {
                 return Err(Error::corrupt(&path, None, "checksum mismatch"));
             }
         }
-        for entry in fs::read_dir(&self.dir).ctx("list", &self.dir)? {
+        for entry in self.list_dir()? {
             let name = entry.ctx("list", &self.dir)?.file_name();
             let name = name.to_string_lossy();
             if name != MANIFEST_NAME && !self.manifest.files.iter().any(|f| f.name == name) {
@@ -382,5 +483,13 @@ impl Checkpoint {
             }
         }
         Ok(())
+    }
+
+    /// Lists the directory that was opened (through `/proc/self/fd` on Linux), not
+    /// whatever the name leads to now.
+    fn list_dir(&self) -> Result<fs::ReadDir> {
+        use std::os::fd::AsRawFd;
+        let by_fd = PathBuf::from(format!("/proc/self/fd/{}", self.dir_fd.as_raw_fd()));
+        fs::read_dir(by_fd).or_else(|_| fs::read_dir(&self.dir).ctx("list", &self.dir))
     }
 }
