@@ -16,6 +16,7 @@ MODULES = [
     "ckptio.cli",
     "ckptio.errors",
     "ckptio._tensors",
+    "ckptio._gc",
 ]
 
 

@@ -13,6 +13,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from . import _core
+from ._gc import gc_paused
 from ._tensors import as_saveable, is_torch_tensor, storage_key
 from ._tree import flatten
 from .checkpoint import OPTIMIZER, WEIGHTS
@@ -100,14 +101,15 @@ class SavePlan:
         self.kind = kind
         self.overwrite, self.durable = overwrite, durable
         self.threads, self.max_shard_bytes = threads or 0, max_shard_bytes
-        folded = _rows(weights.items(), fold_tied=True)
-        self.groups: list[tuple[str, list[_Row], list[tuple[str, str]]]] = [
-            (WEIGHTS, folded.rows, [("format", "pt")])
-        ]
-        skeleton = None
-        if kind == "state":
-            skeleton, arrays = flatten(optimizer_state)
-            self.groups.append((OPTIMIZER, _rows(arrays, fold_tied=False).rows, []))
+        with gc_paused():
+            folded = _rows(weights.items(), fold_tied=True)
+            self.groups: list[tuple[str, list[_Row], list[tuple[str, str]]]] = [
+                (WEIGHTS, folded.rows, [("format", "pt")])
+            ]
+            skeleton = None
+            if kind == "state":
+                skeleton, arrays = flatten(optimizer_state)
+                self.groups.append((OPTIMIZER, _rows(arrays, fold_tied=False).rows, []))
         self.user_json = _user_section(metadata, step, skeleton, folded)
 
     @property

@@ -12,6 +12,7 @@ import numpy as np
 
 from . import _core
 from ._dtypes import ITEMSIZE, st_to_numpy, st_to_torch
+from ._gc import gc_paused
 from ._tree import unflatten
 from .errors import CheckpointKindError, FormatError
 
@@ -62,9 +63,10 @@ class Checkpoint(Mapping[str, Any]):
             raise FormatError(f"{self.path}: invalid user section in manifest: {e}", file=self.path) from None
         names = self._core.file_names
         self._infos: dict[tuple[str, str], tuple[TensorInfo, int, int, int, int]] = {}
-        for index, (group, name, dtype, shape, fi, begin, end) in enumerate(self._core.tensors()):
-            info = TensorInfo(name, group, dtype, tuple(shape), end - begin, names[fi])
-            self._infos[(group, name)] = (info, fi, begin, end, index)
+        with gc_paused():
+            for index, (group, name, dtype, shape, fi, begin, end) in enumerate(self._core.tensors()):
+                info = TensorInfo(name, group, dtype, shape, end - begin, names[fi])
+                self._infos[(group, name)] = (info, fi, begin, end, index)
         self._aliases, self._weight_names = self._read_aliases()
         self._bytes: dict[int, np.ndarray] = {}
 
@@ -192,10 +194,11 @@ class Checkpoint(Mapping[str, Any]):
         """
         stored = [n for n in self._weight_names if n not in self._aliases]
         framework = framework or self.framework
-        if copy:
-            out = self._read_copies(stored, framework, device)
-        else:
-            out = {n: self.tensor(n, framework=framework, device=device) for n in stored}
+        with gc_paused():
+            if copy:
+                out = self._read_copies(stored, framework, device)
+            else:
+                out = {n: self.tensor(n, framework=framework, device=device) for n in stored}
         for alias, target in self._aliases.items():
             out[alias] = out[target]
         return {n: out[n] for n in self._weight_names}
@@ -244,7 +247,8 @@ class Checkpoint(Mapping[str, Any]):
             return value[()] if tag == "scalar" and fw == "numpy" else value
 
         try:
-            return unflatten(self._user.get("optimizer"), leaf)
+            with gc_paused():
+                return unflatten(self._user.get("optimizer"), leaf)
         except (KeyError, ValueError, TypeError) as e:
             if isinstance(e, FormatError | ImportError):
                 raise

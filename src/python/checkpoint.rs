@@ -7,6 +7,7 @@ use std::sync::Arc;
 use pyo3::exceptions::PyIndexError;
 use pyo3::ffi;
 use pyo3::prelude::*;
+use pyo3::types::PyTuple;
 
 use super::errors::IntoPyResult;
 use super::{Held, Span};
@@ -25,7 +26,15 @@ impl PyCheckpoint {
     }
 }
 
-type TensorRow = (String, String, &'static str, Vec<u64>, usize, u64, u64);
+type TensorRow<'py> = (
+    String,
+    String,
+    &'static str,
+    Bound<'py, PyTuple>,
+    usize,
+    u64,
+    u64,
+);
 
 #[pymethods]
 impl PyCheckpoint {
@@ -51,20 +60,21 @@ impl PyCheckpoint {
     }
 
     /// (group, name, dtype, shape, file index, begin, end) per tensor, in save order.
-    fn tensors(&self) -> Vec<TensorRow> {
+    fn tensors<'py>(&self, py: Python<'py>) -> PyResult<Vec<TensorRow<'py>>> {
+        // Shapes as tuples: immutable, so the garbage collector soon stops tracking them.
         self.inner
             .tensors
             .iter()
             .map(|t| {
-                (
+                Ok((
                     t.group.clone(),
                     t.name.clone(),
                     t.dtype.name(),
-                    t.shape.clone(),
+                    PyTuple::new(py, &t.shape)?,
                     t.file,
                     t.begin,
                     t.end,
-                )
+                ))
             })
             .collect()
     }
