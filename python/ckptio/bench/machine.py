@@ -71,6 +71,37 @@ def filesystem_of(path: str | os.PathLike[str]) -> dict[str, str]:
     return best
 
 
+def source_revision() -> str:
+    """The git commit of the ckptio being measured, when it runs from a checkout
+    (``"abc1234"``, ``"abc1234 + local changes"``), else ``""``.
+
+    Example:
+        >>> isinstance(source_revision(), str)
+        True
+    """
+    import subprocess
+
+    root = Path(__file__).resolve().parents[3]
+    if not (root / ".git").exists():
+        return ""
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no", "--", "src", "python"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return f"{commit} + local changes" if commit and dirty else commit
+
+
 def _usable_cores() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -82,7 +113,7 @@ def describe_machine(directory: str | os.PathLike[str]) -> dict[str, Any]:
     """Everything the report says about the machine and the benchmark directory.
 
     Example:
-        >>> sorted(describe_machine("/"))[:3]
+        >>> sorted(describe_machine("/"))[1:4]
         ['cores', 'cpu', 'directory']
     """
     return {
@@ -95,6 +126,7 @@ def describe_machine(directory: str | os.PathLike[str]) -> dict[str, Any]:
         "directory": str(Path(directory).resolve()),
         "filesystem": filesystem_of(directory),
         "load_average_before": _load_average(),
+        "ckptio_revision": source_revision(),
     }
 
 

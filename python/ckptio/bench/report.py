@@ -157,7 +157,10 @@ def _load_line(report: Report) -> str:
 
 def _software(report: Report) -> dict[str, str]:
     v = report.result.versions
-    out = {"ckptio": v.get("ckptio", ""), "python": report.machine.get("python", "")}
+    ckptio_version = v.get("ckptio", "")
+    if ckptio_version and report.machine.get("ckptio_revision"):
+        ckptio_version += f" (git {report.machine['ckptio_revision']})"
+    out = {"ckptio": ckptio_version, "python": report.machine.get("python", "")}
     for label, key in (
         ("numpy", "numpy.savez"),
         ("safetensors", "safetensors numpy"),
