@@ -17,6 +17,7 @@ MODULES = [
     "ckptio.errors",
     "ckptio._tensors",
     "ckptio._gc",
+    "ckptio._tree",
 ]
 
 

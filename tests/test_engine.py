@@ -246,3 +246,14 @@ def test_interpreter_exit_completes_pending_saves_and_reports_failures(tmp_path)
     ckptio.verify(tmp_path / "big")
     assert ckptio.load_state(tmp_path / "big")["w7"][0] == 7
     assert "async save to" in out.stderr and "taken" in out.stderr and "already exists" in out.stderr
+
+
+def test_copy_load_of_the_optimizer_state(tmp_path):
+    torch = pytest.importorskip("torch")
+    opt = {"m": np.arange(5.0), "t": torch.ones(3), "s": np.float32(2.5), "step": 4}
+    ckptio.save_state(tmp_path / "ck", {"w": np.ones(2)}, opt)
+    w, back, _, _ = ckptio.load_state_with_optimizer(tmp_path / "ck", copy=True)
+    assert back["m"].tolist() == [0, 1, 2, 3, 4] and isinstance(back["t"], torch.Tensor)
+    assert type(back["s"]) is np.float32 and back["step"] == 4
+    assert back["m"].flags.owndata and w["w"].flags.owndata  # fresh memory, not the mapping
+    assert ckptio.load_state_with_optimizer(tmp_path / "ck").optimizer_state["m"].base is not None

@@ -135,3 +135,27 @@ def unflatten(skeleton: Any, tensor: Callable[[str, str], Any]) -> Any:
         raise ValueError(f"invalid optimizer skeleton tag {tag!r}")
 
     return build(skeleton)
+
+
+def array_leaves(skeleton: Any) -> list[tuple[str, str]]:
+    """(tag, tensor name) of every array leaf of a skeleton, without building the tree.
+
+    Example:
+        >>> array_leaves({"dict": [["m", {"array": "m"}], ["step", {"int": "3"}]]})
+        [('array', 'm')]
+    """
+    found: list[tuple[str, str]] = []
+    stack = [skeleton]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict) and len(node) == 1:
+            ((tag, body),) = node.items()
+            if tag in ("array", "scalar", "torch") and isinstance(body, str):
+                found.append((tag, body))
+            elif tag in ("list", "tuple") and isinstance(body, list):
+                stack.extend(reversed(body))
+            elif tag in ("dict", "odict") and isinstance(body, list):
+                stack.extend(
+                    reversed([pair[1] for pair in body if isinstance(pair, list) and len(pair) == 2])
+                )
+    return found

@@ -138,13 +138,19 @@ def load_state(
 
 
 def load_state_with_optimizer(
-    path: PathLike, *, framework: str | None = None, device: Any = None, verify: bool = False
+    path: PathLike,
+    *,
+    framework: str | None = None,
+    device: Any = None,
+    verify: bool = False,
+    copy: bool = False,
 ) -> TrainingState:
     """Loads weights, optimizer state, step and metadata of a ``state`` checkpoint.
 
     Raises CheckpointKindError on a ``sampler`` checkpoint. Optimizer array leaves come
     back as the type they were saved as, and so do the weights; ``framework`` forces
-    numpy or torch.
+    numpy or torch. ``copy=True`` reads everything into fresh memory, checking every
+    tensor's checksum (see ``load_state``).
 
     Example:
         >>> import numpy as np, ckptio, tempfile, os
@@ -155,11 +161,12 @@ def load_state_with_optimizer(
         ({'step': 7}, 7, {'lr': 0.1})
     """
     ckpt = Checkpoint(path)
-    optimizer_state = ckpt.optimizer_state(framework=framework, device=device)
     if verify:
         ckpt.verify()
-    ckpt.prefetch()
-    weights = ckpt.weights(framework=framework, device=device)
+    if not copy:
+        ckpt.prefetch()
+    optimizer_state = ckpt.optimizer_state(framework=framework, device=device, copy=copy)
+    weights = ckpt.weights(framework=framework, device=device, copy=copy)
     return TrainingState(weights, optimizer_state, ckpt.step, ckpt.metadata)
 
 

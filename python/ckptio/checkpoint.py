@@ -13,7 +13,7 @@ import numpy as np
 from . import _core
 from ._dtypes import ITEMSIZE, st_to_numpy, st_to_torch
 from ._gc import gc_paused
-from ._tree import unflatten
+from ._tree import array_leaves, unflatten
 from .errors import CheckpointKindError, FormatError
 
 WEIGHTS = "model"
@@ -196,20 +196,22 @@ class Checkpoint(Mapping[str, Any]):
         framework = framework or self.framework
         with gc_paused():
             if copy:
-                out = self._read_copies(stored, framework, device)
+                out = self._read_copies(WEIGHTS, [(n, framework) for n in stored], device)
             else:
                 out = {n: self.tensor(n, framework=framework, device=device) for n in stored}
         for alias, target in self._aliases.items():
             out[alias] = out[target]
         return {n: out[n] for n in self._weight_names}
 
-    def _read_copies(self, names: list[str], framework: str, device: Any) -> dict[str, Any]:
+    def _read_copies(self, group: str, wanted: list[tuple[str, str]], device: Any) -> dict[str, Any]:
+        """Reads (name, framework) tensors of ``group`` into fresh memory: parallel
+        positional reads, each tensor's checksum checked."""
         out: dict[str, Any] = {}
         jobs = []
-        for name in names:
-            info, _, _, _, index = self._infos[(WEIGHTS, name)]
+        for name, framework in wanted:
+            info, _, _, _, index = self._infos[(group, name)]
             if framework == "numpy":
-                if device is not None:
+                if device is not None and group == WEIGHTS:
                     raise ValueError("device= needs framework='torch'")
                 arr = np.empty(info.shape, st_to_numpy(info.dtype))
                 dest = arr.reshape(-1).view(np.uint8)
@@ -223,13 +225,14 @@ class Checkpoint(Mapping[str, Any]):
             out[name] = arr
             jobs.append((index, dest))
         self._core.read_into(jobs, True, 0)
-        if framework == "torch" and device is not None:
-            out = {n: t.to(device) for n, t in out.items()}
+        if device is not None:
+            out = {n: t.to(device) if not isinstance(t, np.ndarray) else t for n, t in out.items()}
         return out
 
-    def optimizer_state(self, *, framework: str | None = None, device: Any = None) -> Any:
+    def optimizer_state(self, *, framework: str | None = None, device: Any = None, copy: bool = False) -> Any:
         """The optimizer tree exactly as saved. Array leaves come back as the type they
         were saved as (numpy, numpy scalar, torch), unless ``framework`` forces one.
+        ``copy=True`` reads them into fresh memory, checking their checksums.
 
         Example:
             >>> _example().optimizer_state()
@@ -241,14 +244,27 @@ class Checkpoint(Mapping[str, Any]):
                 "Save it with save_state() to resume training."
             )
 
+        skeleton = self._user.get("optimizer")
+
+        def framework_of(tag: str) -> str:
+            return framework or ("torch" if tag == "torch" else "numpy")
+
+        copies: dict[str, Any] = {}
+        if copy:  # one parallel, checksummed read of every optimizer tensor
+            wanted = {name: framework_of(tag) for tag, name in array_leaves(skeleton)}
+            copies = self._read_copies(OPTIMIZER, list(wanted.items()), device)
+
         def leaf(tag: str, name: str) -> Any:
-            fw = framework or ("torch" if tag == "torch" else "numpy")
-            value = self.tensor(name, OPTIMIZER, framework=fw, device=device if fw == "torch" else None)
+            fw = framework_of(tag)
+            if name in copies:
+                value = copies[name]
+            else:
+                value = self.tensor(name, OPTIMIZER, framework=fw, device=device if fw == "torch" else None)
             return value[()] if tag == "scalar" and fw == "numpy" else value
 
         try:
             with gc_paused():
-                return unflatten(self._user.get("optimizer"), leaf)
+                return unflatten(skeleton, leaf)
         except (KeyError, ValueError, TypeError) as e:
             if isinstance(e, FormatError | ImportError):
                 raise
