@@ -117,7 +117,7 @@ FSIZE_CASES = {
     "first-file": (40_000, 1_000, None, 20_000),
     "second-file": (1_000, 40_000, None, 20_000),
     "later-shard": (60_000, 1_000, 20_000, 30_000),  # shard 1 holds 15 kB, shard 2 45 kB
-    "manifest": (100, 100, None, 1_200),  # tensor files ~300 B, manifest ~1.5 kB
+    "manifest": (100, 100, None, 600),  # tensor files ~300 B, manifest ~1 kB
 }
 
 
