@@ -1,6 +1,7 @@
 //! Measures the three ways the writer could move bytes into a file, each hashing every
 //! chunk as it goes, with the same threads: `pwrite`, `posix_fallocate` + `pwrite`, and
-//! stores through a shared writable mapping. Alternates the order across rounds and
+//! stores through a shared writable mapping; and `pwrite` without hashing, to show what
+//! the checksums cost. Alternates the order across rounds and
 //! prints medians. `cargo run --release --example write_strategies -- [MiB] [rounds]`.
 
 use std::fs::{self, File, OpenOptions};
@@ -15,12 +16,14 @@ use rayon::prelude::*;
 const CHUNK: usize = 1 << 20;
 const TENSORS: usize = 16;
 
-fn hash_and_pwrite(file: &File, tensors: &[Vec<u8>]) {
+fn hash_and_pwrite(file: &File, tensors: &[Vec<u8>], hash: bool) {
     tensors.par_iter().enumerate().for_each(|(i, t)| {
         let mut h = ckptio::checksum::Hasher::new();
         let base = (i * t.len()) as u64;
         for (k, chunk) in t.chunks(CHUNK).enumerate() {
-            h.update(chunk);
+            if hash {
+                h.update(chunk);
+            }
             file.write_all_at(chunk, base + (k * CHUNK) as u64).unwrap();
         }
         std::hint::black_box(h.finish());
@@ -37,14 +40,15 @@ fn run(strategy: &str, path: &Path, tensors: &[Vec<u8>]) -> f64 {
         .open(path)
         .unwrap();
     match strategy {
-        "pwrite" => hash_and_pwrite(&file, tensors),
+        "pwrite" => hash_and_pwrite(&file, tensors, true),
+        "pwrite, no hash" => hash_and_pwrite(&file, tensors, false),
         "fallocate+pwrite" => {
             // SAFETY: plain syscall on an open descriptor.
             assert_eq!(
                 unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, total as libc::off_t) },
                 0
             );
-            hash_and_pwrite(&file, tensors);
+            hash_and_pwrite(&file, tensors, true);
         }
         "mmap" => {
             file.set_len(total).unwrap();
@@ -77,7 +81,7 @@ fn main() {
     let per = (mib << 20) / TENSORS;
     let tensors: Vec<Vec<u8>> = (0..TENSORS).map(|i| vec![i as u8 + 1; per]).collect();
     let dir = tempfile::tempdir_in(".").unwrap();
-    let mut strategies = vec!["pwrite", "fallocate+pwrite", "mmap"];
+    let mut strategies = vec!["pwrite", "fallocate+pwrite", "mmap", "pwrite, no hash"];
     let mut results: Vec<(&str, Vec<f64>)> = strategies.iter().map(|s| (*s, Vec::new())).collect();
     for round in 0..rounds {
         for s in &strategies {
