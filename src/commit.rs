@@ -154,10 +154,18 @@ impl Staging {
         } else {
             match rename_noreplace(&self.dir, &self.target) {
                 Ok(()) => {}
-                Err(e) if exchange_unsupported(&e) => {
+                // Without RENAME_NOREPLACE, rename(2) would silently replace an empty
+                // directory created at the target meanwhile: check first (a narrow race
+                // remains on such filesystems).
+                Err(e)
+                    if exchange_unsupported(&e) && fs::symlink_metadata(&self.target).is_err() =>
+                {
                     fs::rename(&self.dir, &self.target).ctx("rename into place", &self.target)?
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::AlreadyExists
+                        || exchange_unsupported(&e) =>
+                {
                     return Err(Error::AlreadyExists {
                         path: self.target.clone(),
                         hint: " (created by someone else during the save)",
