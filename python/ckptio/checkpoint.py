@@ -109,6 +109,16 @@ class Checkpoint(Mapping[str, Any]):
         return "torch" if self._user.get("framework") == "torch" else "numpy"
 
     @property
+    def files(self) -> list[str]:
+        """The tensor files of the checkpoint (safetensors), in manifest order.
+
+        Example:
+            >>> _example().files
+            ['model.safetensors', 'optimizer.safetensors']
+        """
+        return list(self._core.file_names)
+
+    @property
     def names(self) -> list[str]:
         """Weight names, in the order they were saved."""
         return list(self._weight_names)

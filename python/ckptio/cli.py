@@ -33,7 +33,7 @@ def _inspect(args: argparse.Namespace) -> int:
     print(f"checkpoint  {ckpt.path}")
     print(f"kind        {ckpt.kind}")
     print(f"step        {ckpt.step}")
-    print(f"tensors     {len(infos)} ({human_bytes(total)}) in {', '.join(ckpt._core.file_names)}")
+    print(f"tensors     {len(infos)} ({human_bytes(total)}) in {', '.join(ckpt.files)}")
     print(f"metadata    {json.dumps(ckpt.metadata)}")
     rows = infos if args.all or len(infos) <= 40 else infos[:40]
     name_w = max([len("name"), *(len(t.name) for t in rows)])
