@@ -23,9 +23,18 @@ class Saveable(NamedTuple):
     borrowed: bool  # True: ``data`` is the caller's memory; False: a private copy
 
 
+_TORCH_TYPES: set[type] = set()  # tensor classes seen (Tensor, Parameter, subclasses)
+
+
 def is_torch_tensor(value: Any) -> bool:
     # No import: torch stays optional and is only touched when the caller uses it.
-    return type(value).__module__.startswith("torch") and hasattr(value, "untyped_storage")
+    t = type(value)
+    if t in _TORCH_TYPES:
+        return True
+    if t.__module__.startswith("torch") and hasattr(value, "untyped_storage"):
+        _TORCH_TYPES.add(t)
+        return True
+    return False
 
 
 def is_array(value: Any) -> bool:
@@ -85,17 +94,12 @@ def storage_key(value: Any) -> tuple[Any, ...] | None:
         >>> storage_key(a) == storage_key(a[:]), storage_key(a) == storage_key(a.copy())
         (True, False)
     """
+    if is_torch_tensor(value):
+        if not value.numel():
+            return None
+        return ("torch", value.data_ptr(), value.dtype, value.shape, value.stride(), value.get_device())
     if isinstance(value, np.ndarray) and value.size:
         return ("numpy", value.__array_interface__["data"][0], value.dtype.str, value.shape, value.strides)
-    if is_torch_tensor(value) and value.numel():
-        return (
-            "torch",
-            value.data_ptr(),
-            str(value.dtype),
-            tuple(value.shape),
-            value.stride(),
-            str(value.device),
-        )
     return None
 
 

@@ -44,7 +44,7 @@ class _Flattener:
         self.by_storage: dict[tuple[Any, ...], str] = {}
 
     def _name(self, path: tuple[Any, ...]) -> str:
-        base = ".".join(str(p) for p in path) or self.prefix
+        base = ".".join(map(str, path)) or self.prefix
         name, n = base, 1
         while name in self.names:
             n += 1
@@ -78,12 +78,12 @@ class _Flattener:
         if t is list or t is tuple:
             items = [self.node(v, (*path, i)) for i, v in enumerate(value)]
             return {t.__name__: items}
-        if isinstance(value, np.ndarray):
+        if is_torch_tensor(value):
+            tag = "torch"
+        elif isinstance(value, np.ndarray):
             tag = "array"
         elif isinstance(value, np.generic):
             tag = "scalar"
-        elif is_torch_tensor(value):
-            tag = "torch"
         else:
             raise TypeError(
                 f"optimizer state at {_path_str(path)}: unsupported {t.__module__}.{t.__qualname__}; "
