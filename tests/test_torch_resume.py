@@ -16,13 +16,13 @@ Run as a script, this file is that second process:
 from __future__ import annotations
 
 import random
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from _resume import assert_bitwise_equal, resume_in_new_process
 
 import ckptio.torch
 
@@ -103,16 +103,6 @@ def snapshot(model: Net, opt: torch.optim.Optimizer, record: dict[str, list[Any]
     return out
 
 
-def assert_bitwise_equal(expected: dict[str, np.ndarray], got: dict[str, np.ndarray], what: str) -> None:
-    assert sorted(got) == sorted(expected), f"{what}: different entries"
-    differ = [
-        name
-        for name, a in expected.items()
-        if (a.dtype, a.shape) != (got[name].dtype, got[name].shape) or a.tobytes() != got[name].tobytes()
-    ]
-    assert not differ, f"{what}: not bitwise equal: {differ}"
-
-
 def loop_position(step: int) -> dict[str, int]:
     epoch, batch = divmod(step, BATCHES_PER_EPOCH)
     return {"epoch": epoch, "batch": batch}
@@ -151,16 +141,7 @@ def test_torch_resume_in_a_new_process_is_bit_exact(tmp_path):
         torch.set_num_threads(threads)
     assert len(set(reference["lr"].tolist())) > 5  # the schedule really moves the LR
 
-    out = tmp_path / "resumed.npz"
-    proc = subprocess.run(
-        [sys.executable, __file__, str(tmp_path / "step-10"), str(out)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr
-    with np.load(out, allow_pickle=False) as npz:
-        resumed = {k: npz[k] for k in npz.files}
+    resumed = resume_in_new_process(__file__, tmp_path / "step-10", tmp_path / "resumed.npz")
     assert_bitwise_equal(expected, resumed, "resumed in a new process")
 
 

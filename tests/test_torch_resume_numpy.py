@@ -18,12 +18,12 @@ Run as a script, this file is that second process:
 from __future__ import annotations
 
 import math
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _resume import assert_bitwise_equal, resume_in_new_process
 
 import ckptio
 
@@ -117,32 +117,17 @@ def _reference_and_checkpoint(path: Path) -> dict[str, np.ndarray]:
     return expected
 
 
-def _assert_bitwise_equal(expected: dict[str, np.ndarray], got: dict[str, np.ndarray]) -> None:
-    assert sorted(got) == sorted(expected)
-    differ = [k for k, a in expected.items() if a.dtype != got[k].dtype or a.tobytes() != got[k].tobytes()]
-    assert not differ, f"not bitwise equal: {differ}"
-
-
 def test_numpy_resume_in_a_new_process_is_bit_exact(tmp_path):
     expected = _reference_and_checkpoint(tmp_path / "step-10")
-    out = tmp_path / "resumed.npz"
-    proc = subprocess.run(
-        [sys.executable, __file__, str(tmp_path / "step-10"), str(out)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr
-    with np.load(out, allow_pickle=False) as npz:
-        resumed = {k: npz[k] for k in npz.files}
-    _assert_bitwise_equal(expected, resumed)
+    resumed = resume_in_new_process(__file__, tmp_path / "step-10", tmp_path / "resumed.npz")
+    assert_bitwise_equal(expected, resumed, "resumed in a new process")
 
 
 def test_numpy_resume_fails_without_the_generator_state(tmp_path):
     """The control: the check above can fail. Without the sampler's RNG state the
     resumed run sees other batches and diverges."""
     expected = _reference_and_checkpoint(tmp_path / "step-10")
-    _assert_bitwise_equal(expected, resume(tmp_path / "step-10"))
+    assert_bitwise_equal(expected, resume(tmp_path / "step-10"), "in process")
     diverged = resume(tmp_path / "step-10", restore_rng=False)
     assert diverged["loss"].tobytes() != expected["loss"].tobytes()
     assert diverged["weight_happy"].tobytes() != expected["weight_happy"].tobytes()
