@@ -8,10 +8,12 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import struct
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -141,6 +143,7 @@ def run_python(
     """Runs ``code`` in a fresh interpreter (``preamble`` first, before any import)."""
     full_env = dict(os.environ)
     full_env.pop("CKPTIO_CRASH_AT", None)
+    full_env.pop("CKPTIO_STOP_AT", None)
     full_env.update(env or {})
     script = textwrap.dedent(preamble) + "\n" + textwrap.dedent(code)
     return subprocess.run(
@@ -151,6 +154,58 @@ def run_python(
         timeout=timeout,
         cwd=Path(__file__).parent,
     )
+
+
+# -- the test build with crash points --------------------------------------------------
+ROOT = Path(__file__).resolve().parent.parent
+FAULT_FEATURES = "python,pyo3/extension-module,fault-injection"
+
+
+def build_fault_extension() -> Path:
+    """Builds the extension with the ``fault-injection`` cargo feature (crash points,
+    src/fault.rs) from this checkout into ``target/fault-injection`` and returns the
+    library. Release wheels never have the feature; this test build is the only one
+    that honours ``CKPTIO_CRASH_AT``. Thin LTO keeps the build quick (as in
+    dev/build-ext.sh); cargo rebuilds only what changed."""
+    target_dir = ROOT / "target" / "fault-injection"
+    env = dict(os.environ)
+    env.update(
+        CARGO_TARGET_DIR=str(target_dir),
+        CARGO_PROFILE_RELEASE_LTO="thin",
+        CARGO_PROFILE_RELEASE_CODEGEN_UNITS="16",
+        PYO3_PYTHON=sys.executable,
+    )
+    cmd = ["cargo", "build", "--release", "--lib", "--features", FAULT_FEATURES]
+    cmd += ["--manifest-path", str(ROOT / "Cargo.toml"), "--message-format=short"]
+    try:
+        result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
+    except FileNotFoundError as e:
+        raise RuntimeError("the crash battery needs cargo to build its fault-injection extension") from e
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{result.stderr[-4000:]}")
+    return target_dir / "release" / "libckptio.so"
+
+
+def make_fault_package(dest: Path) -> dict[str, str]:
+    """Puts a copy of python/ckptio with the fault-injection extension under ``dest``
+    and returns the environment for a child to import it, checking that it does and
+    that a crash point works there (a control: without it, every crash case would
+    pass for the wrong reason or fail for one)."""
+    library = build_fault_extension()
+    pkg = dest / "ckptio"
+    ignore = shutil.ignore_patterns("_core*.so", "__pycache__")
+    shutil.copytree(ROOT / "python" / "ckptio", pkg, ignore=ignore)
+    shutil.copy2(library, pkg / "_core.abi3.so")
+    path = os.environ.get("PYTHONPATH")
+    env = {"PYTHONPATH": str(dest) + (os.pathsep + path if path else "")}
+    probe = "import ckptio; print(ckptio.__file__)"
+    result = run_python(probe, env=env)
+    assert result.stdout.strip() == str(pkg / "__init__.py"), (result.stdout, result.stderr)
+    target = dest / "probe"
+    save = f"import ckptio; ckptio.save_weights_for_sampler({str(target)!r}, {{}})"
+    result = run_python(save, env={**env, "CKPTIO_CRASH_AT": "staged"})
+    assert result.returncode == -9 and not target.exists(), (result.returncode, result.stderr)
+    return env
 
 
 # A fork server: one interpreter that has imported numpy and ckptio (and saved
@@ -200,9 +255,12 @@ for line in sys.stdin:
 class ForkServer:
     """Runs code in forked children of a warm interpreter; see ``_ZYGOTE``."""
 
-    def __init__(self, log_dir: Path) -> None:
-        env = dict(os.environ)
+    def __init__(self, log_dir: Path, env: dict[str, str] | None = None) -> None:
+        """``env``: extra environment of the server and its children (``fault_env``
+        for the test build with crash points)."""
+        env = {**os.environ, **(env or {})}
         env.pop("CKPTIO_CRASH_AT", None)
+        env.pop("CKPTIO_STOP_AT", None)
         self.log_dir = log_dir
         self.n = 0
         self.proc = subprocess.Popen(
@@ -338,3 +396,9 @@ def flip_bit(path: Path, offset: int, bit: int) -> None:
         b = f.read(1)[0]
         f.seek(offset)
         f.write(bytes([b ^ (1 << bit)]))
+
+
+if __name__ == "__main__":
+    # .ci/run builds the test extension here first, so its time shows as a step of its own.
+    t0 = time.monotonic()
+    print(f"built {build_fault_extension()} in {time.monotonic() - t0:.0f} s")

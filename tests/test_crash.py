@@ -1,6 +1,8 @@
 """Crash consistency: a saving process is SIGKILLed at every point of a save, chosen
 by the core's crash points (``CKPTIO_CRASH_AT=NAME#N``, see src/fault.rs) and by
-timing. After each kill:
+timing. Crash points exist only in the test build with the ``fault-injection`` cargo
+feature (the ``fault_env`` fixture of _faults.py builds it); the children that use
+them import that build, never the installed one. After each kill:
 
 - the name holds the complete old checkpoint or the complete new one (exactly the
   one the point implies) and ``verify`` passes, or nothing for a first save;
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -29,6 +32,7 @@ from _faults import (
     ForkServer,
     assert_is_version,
     assert_leftovers_harmless,
+    run_python,
     save_version,
     side_entries,
     visible_entries,
@@ -105,8 +109,8 @@ CASES = _cases()
 
 
 @pytest.fixture(scope="module")
-def forks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ForkServer]:
-    server = ForkServer(tmp_path_factory.mktemp("fork-logs"))
+def forks(tmp_path_factory: pytest.TempPathFactory, fault_env: dict[str, str]) -> Iterator[ForkServer]:
+    server = ForkServer(tmp_path_factory.mktemp("fork-logs"), env=fault_env)
     yield server
     server.close()
 
@@ -191,6 +195,19 @@ def test_save_after_kill_while_old_moved_aside(forks: ForkServer, tmp_path: Path
     save_version(path, NEXT, overwrite=True)
     assert_is_version(path, NEXT)
     assert side_entries(tmp_path) == []
+
+
+def test_installed_build_has_no_crash_points(tmp_path: Path) -> None:
+    """Regression: the extension users install honoured CKPTIO_CRASH_AT, so a process
+    with that variable set SIGKILLed itself in its first save. Crash points are now
+    compiled only into the fault-injection test build."""
+    path = tmp_path / "ck"
+    for point in ("staged", "data", "before_commit", "committed"):
+        code = f"import pathlib, _faults; _faults.save_version(pathlib.Path({str(path)!r}), 1)"
+        result = run_python(code, env={"CKPTIO_CRASH_AT": point, "CKPTIO_STOP_AT": point}, timeout=60)
+        assert result.returncode == 0, (point, result.returncode, result.stderr)
+        assert_is_version(path, 1)
+        shutil.rmtree(path)
 
 
 # -- kills by timing ----------------------------------------------------------------
