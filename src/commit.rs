@@ -1,32 +1,44 @@
 //! Atomic, durable commit of a checkpoint directory.
 //!
 //! A save writes into a hidden staging directory beside the target
-//! (`.NAME.ckptio-tmp-PID-NONCE`), fsyncs the files and the directory, then moves it
-//! into place and fsyncs the parent. A fresh target is claimed with
-//! `renameat2(RENAME_NOREPLACE)`; an existing one is swapped with
-//! `renameat2(RENAME_EXCHANGE)`, so the name always holds one complete checkpoint, the
-//! old or the new. Where the filesystem lacks `renameat2`, the old checkpoint is first
-//! renamed aside (`.NAME.ckptio-old-PID-NONCE`), which `cleanup` puts back if the
-//! process dies before the new one is in place.
+//! (`.NAME.ckptio-tmp-PID-NONCE`), which it holds open and `flock`ed for as long as it
+//! lives (the proof of life that `cleanup` respects, see `held_dir.rs`), fsyncs the
+//! files and the directory, then moves it into place and fsyncs the parent. A fresh
+//! target is claimed with `renameat2(RENAME_NOREPLACE)`; an existing one is swapped
+//! with `renameat2(RENAME_EXCHANGE)`, so the name always holds one complete checkpoint,
+//! the old or the new. Where the filesystem lacks `renameat2`, the old checkpoint is
+//! first renamed aside (`.NAME.ckptio-old-PID-NONCE`, locked like a staging directory),
+//! which `cleanup` puts back if the process dies before the new one is in place.
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::fs::{self, File};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::cleanup::{cleanup_leftovers, OLD_TAG, TMP_TAG};
 use crate::error::{Error, IoContext, Result};
 use crate::fault;
+use crate::held_dir::{HeldDir, Lock};
 use crate::manifest::MANIFEST_NAME;
 
-const TMP_TAG: &str = ".ckptio-tmp-";
-const OLD_TAG: &str = ".ckptio-old-";
+/// Fresh staging names tried before giving up (a name is abandoned when something
+/// else already has it, or when `cleanup` took it between its creation and our lock).
+const STAGE_ATTEMPTS: usize = 16;
+/// Renames tried when concurrent saves of one name keep taking or freeing it.
+const COMMIT_ATTEMPTS: usize = 16;
+/// How long the two-rename fallback waits for another save's lock on the old
+/// checkpoint (a concurrent replace of the same name that is committing).
+const OLD_LOCK_WAIT: Duration = Duration::from_secs(10);
 
 /// A staging directory that is removed on drop unless committed.
 #[derive(Debug)]
 pub struct Staging {
     pub dir: PathBuf,
+    held: HeldDir,
     target: PathBuf,
+    overwrite: bool,
     replace: bool,
     committed: bool,
 }
@@ -59,19 +71,81 @@ fn split_target(target: &Path) -> Result<(PathBuf, OsString)> {
     Ok((parent, name.to_os_string()))
 }
 
-fn side_name(name: &OsString, tag: &str) -> OsString {
+fn side_name(name: &OsStr, tag: &str) -> OsString {
     let mut s = OsString::from(".");
     s.push(name);
     s.push(format!("{tag}{}-{:016x}", std::process::id(), nonce()));
     s
 }
 
-/// Is `dir` something we may replace: a ckptio checkpoint (complete or not) or empty?
-fn is_replaceable(dir: &Path) -> Result<bool> {
-    if dir.join(MANIFEST_NAME).exists() {
-        return Ok(true);
+/// Refuses to replace `target` unless it is a directory (not a symlink) that is a
+/// ckptio checkpoint (complete or not) or empty.
+fn check_replaceable(target: &Path) -> Result<()> {
+    let refuse = |hint| {
+        Err(Error::AlreadyExists {
+            path: target.to_path_buf(),
+            hint,
+        })
+    };
+    let is_dir = fs::symlink_metadata(target).is_ok_and(|m| m.is_dir());
+    if !is_dir {
+        return refuse(" and is not a directory; refusing to replace it");
     }
-    Ok(fs::read_dir(dir).ctx("list", dir)?.next().is_none())
+    if target.join(MANIFEST_NAME).exists()
+        || fs::read_dir(target).ctx("list", target)?.next().is_none()
+    {
+        return Ok(());
+    }
+    refuse(" and is not a ckptio checkpoint; refusing to replace it")
+}
+
+/// Creates and locks a fresh staging directory for `name` in `parent`.
+fn make_staging_dir(parent: &Path, name: &OsStr) -> Result<(PathBuf, HeldDir)> {
+    for _ in 0..STAGE_ATTEMPTS {
+        let dir = parent.join(side_name(name, TMP_TAG));
+        match fs::create_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(Error::io("create staging directory", &dir, e)),
+        }
+        // Until we hold the lock, `cleanup` may take the new (empty) directory for a
+        // dead save's and remove it; it removes only under the lock, so once we hold
+        // the lock and the name is still our directory, it stays ours.
+        let held = match HeldDir::open(&dir) {
+            Ok(held) => held,
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ENOENT | libc::ELOOP | libc::ENOTDIR)
+                ) =>
+            {
+                continue
+            }
+            Err(e) => {
+                let _ = fs::remove_dir(&dir);
+                return Err(Error::io("open staging directory", &dir, e));
+            }
+        };
+        match held.try_lock() {
+            Ok(Lock::Taken) => {}
+            // `cleanup` holds it and will remove it: leave it and take another name.
+            Ok(Lock::Busy) => continue,
+            // A filesystem without locks: save anyway; `cleanup` cannot prove any
+            // save there dead, so it removes nothing (docs/GUARANTEES.md).
+            Err(_) => {}
+        }
+        if held.is_at(&dir).ctx("check staging directory", &dir)? {
+            return Ok((dir, held));
+        }
+    }
+    Err(Error::io(
+        "create staging directory",
+        &parent.join(name),
+        io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!("no free staging name after {STAGE_ATTEMPTS} attempts"),
+        ),
+    ))
 }
 
 /// Checks the target and creates the staging directory beside it.
@@ -85,7 +159,7 @@ pub fn stage(target: &Path, overwrite: bool) -> Result<Staging> {
                 target.display()
             )))
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
             return Err(Error::NotFound {
                 what: "parent directory does not exist",
                 path: parent,
@@ -95,7 +169,9 @@ pub fn stage(target: &Path, overwrite: bool) -> Result<Staging> {
     }
     // Leftovers of earlier saves to this name by dead processes; this may put back an
     // old checkpoint that an interrupted replace had moved aside, so it runs first.
-    cleanup_leftovers(&parent, Some(&name))?;
+    // Best effort: what it cannot remove (another user's entry, a planted file, a live
+    // save) must not stop this save.
+    let _ = cleanup_leftovers(&parent, Some(&name));
     let replace = match fs::symlink_metadata(target) {
         Err(_) => false,
         Ok(m) if !m.is_dir() => {
@@ -110,19 +186,17 @@ pub fn stage(target: &Path, overwrite: bool) -> Result<Staging> {
                 hint: "; pass overwrite=True to replace it",
             })
         }
-        Ok(_) if !is_replaceable(target)? => {
-            return Err(Error::AlreadyExists {
-                path: target.to_path_buf(),
-                hint: " and is not a ckptio checkpoint; refusing to replace it",
-            })
+        Ok(_) => {
+            check_replaceable(target)?;
+            true
         }
-        Ok(_) => true,
     };
-    let dir = parent.join(side_name(&name, TMP_TAG));
-    fs::create_dir(&dir).ctx("create staging directory", &dir)?;
+    let (dir, held) = make_staging_dir(&parent, &name)?;
     Ok(Staging {
         dir,
+        held,
         target: target.to_path_buf(),
+        overwrite,
         replace,
         committed: false,
     })
@@ -134,60 +208,165 @@ pub fn fsync_dir(dir: &Path) -> Result<()> {
         .ctx("fsync directory", dir)
 }
 
+/// Where the old checkpoint is after the new one took the name.
+enum Replaced {
+    /// There was none.
+    Nothing,
+    /// Exchanged: it is under the staging name.
+    InStaging,
+    /// Two-rename fallback: already removed.
+    Removed,
+}
+
+/// Why a rename into place should be tried again the other way.
+enum Retry {
+    /// The name was taken meanwhile (by a concurrent save): replace it.
+    AsReplace,
+    /// The name was freed meanwhile: claim it as new.
+    AsNew,
+    /// The name changed while we locked it (two-rename fallback): look again.
+    Again,
+}
+
+type Attempt = std::result::Result<Replaced, Retry>;
+
 impl Staging {
+    /// Creates the new file `name` in the staging directory (relative to the held
+    /// descriptor: if the directory was removed, this fails). Returns it and its path.
+    pub fn create_file(&self, name: &str) -> Result<(File, PathBuf)> {
+        let path = self.dir.join(name);
+        let file = self.held.create_file(name).ctx("create", &path)?;
+        Ok((file, path))
+    }
+
     /// Moves the staged checkpoint to the target name. With `durable`, the staging
     /// directory is fsynced before and the parent after (files are the caller's job).
     pub fn commit(mut self, durable: bool) -> Result<()> {
         let (parent, name) = split_target(&self.target)?;
         if durable {
-            fsync_dir(&self.dir)?;
+            self.held.sync().ctx("fsync directory", &self.dir)?;
         }
         fault::point("before_commit");
-        if self.replace {
-            match rename_exchange(&self.dir, &self.target) {
-                Ok(()) => {}
-                Err(e) if exchange_unsupported(&e) => {
-                    self.replace_by_two_renames(&parent, &name, durable)?
-                }
-                Err(e) => return Err(Error::io("swap in new checkpoint", &self.target, e)),
+        let mut replace = self.replace;
+        let mut attempts = 0;
+        let replaced = loop {
+            attempts += 1;
+            // A staging directory removed or swapped by someone else is never
+            // committed: its content is not (all) ours.
+            if !self
+                .held
+                .is_at(&self.dir)
+                .ctx("check staging directory", &self.dir)?
+            {
+                return Err(Error::io(
+                    "commit: the staging directory was removed or replaced by another process",
+                    &self.dir,
+                    io::Error::from_raw_os_error(libc::ENOENT),
+                ));
             }
-        } else {
-            match rename_noreplace(&self.dir, &self.target) {
-                Ok(()) => {}
-                // Without RENAME_NOREPLACE, rename(2) would silently replace an empty
-                // directory created at the target meanwhile: check first (a narrow race
-                // remains on such filesystems).
-                Err(e)
-                    if exchange_unsupported(&e) && fs::symlink_metadata(&self.target).is_err() =>
-                {
-                    fs::rename(&self.dir, &self.target).ctx("rename into place", &self.target)?
+            let attempt = if replace {
+                self.swap_in(&parent, &name, durable)?
+            } else {
+                self.claim_name()?
+            };
+            match attempt {
+                Ok(replaced) => break replaced,
+                Err(_) if attempts == COMMIT_ATTEMPTS => {
+                    return Err(Error::io(
+                        "rename into place (the name kept changing under concurrent saves)",
+                        &self.target,
+                        io::Error::from_raw_os_error(libc::EBUSY),
+                    ))
                 }
-                Err(e)
-                    if e.kind() == std::io::ErrorKind::AlreadyExists
-                        || exchange_unsupported(&e) =>
-                {
-                    return Err(Error::AlreadyExists {
-                        path: self.target.clone(),
-                        hint: " (created by someone else during the save)",
-                    })
+                // Concurrent first saves with overwrite=True: the later one wins.
+                Err(Retry::AsReplace) => {
+                    check_replaceable(&self.target)?;
+                    replace = true;
                 }
-                Err(e) => return Err(Error::io("rename into place", &self.target, e)),
+                Err(Retry::AsNew) => replace = false,
+                Err(Retry::Again) => {}
             }
-        }
+        };
         fault::point("committed");
         if durable {
             fsync_dir(&parent)?;
         }
         self.committed = true;
-        if self.replace {
-            // After the exchange, the staging name holds the old checkpoint.
-            let _ = fs::remove_dir_all(&self.dir);
+        if matches!(replaced, Replaced::InStaging | Replaced::Removed) {
+            if matches!(replaced, Replaced::InStaging) {
+                // After the exchange, the staging name holds the old checkpoint.
+                let _ = fs::remove_dir_all(&self.dir);
+            }
             fault::point("old_removed");
         }
         Ok(())
     }
 
-    fn replace_by_two_renames(&self, parent: &Path, name: &OsString, durable: bool) -> Result<()> {
+    /// Renames the staging directory to a name that should be free.
+    fn claim_name(&self) -> Result<Attempt> {
+        let taken = || {
+            if self.overwrite {
+                Ok(Err(Retry::AsReplace))
+            } else {
+                Err(Error::AlreadyExists {
+                    path: self.target.clone(),
+                    hint: " (created by someone else during the save)",
+                })
+            }
+        };
+        match rename_noreplace(&self.dir, &self.target) {
+            Ok(()) => Ok(Ok(Replaced::Nothing)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => taken(),
+            Err(e) if exchange_unsupported(&e) => {
+                // Without RENAME_NOREPLACE, rename(2) would silently replace an empty
+                // directory created at the target meanwhile: check first (a narrow
+                // race remains on such filesystems).
+                if fs::symlink_metadata(&self.target).is_ok() {
+                    return taken();
+                }
+                fs::rename(&self.dir, &self.target).ctx("rename into place", &self.target)?;
+                Ok(Ok(Replaced::Nothing))
+            }
+            Err(e) => Err(Error::io("rename into place", &self.target, e)),
+        }
+    }
+
+    /// Replaces the checkpoint under the name.
+    fn swap_in(&self, parent: &Path, name: &OsStr, durable: bool) -> Result<Attempt> {
+        match rename_exchange(&self.dir, &self.target) {
+            Ok(()) => Ok(Ok(Replaced::InStaging)),
+            Err(e) if exchange_unsupported(&e) => {
+                self.replace_by_two_renames(parent, name, durable)
+            }
+            Err(e)
+                if e.kind() == io::ErrorKind::NotFound
+                    && fs::symlink_metadata(&self.target).is_err() =>
+            {
+                Ok(Err(Retry::AsNew))
+            }
+            Err(e) => Err(Error::io("swap in new checkpoint", &self.target, e)),
+        }
+    }
+
+    /// Moves the old checkpoint aside, the new one in, and removes the old one. The
+    /// old one is locked first, so `cleanup` does not put it back while we run.
+    fn replace_by_two_renames(
+        &self,
+        parent: &Path,
+        name: &OsStr,
+        durable: bool,
+    ) -> Result<Attempt> {
+        let old = match lock_existing(&self.target)? {
+            Some(old) => old,
+            None if fs::symlink_metadata(&self.target).is_err() => return Ok(Err(Retry::AsNew)),
+            None => return Ok(Err(Retry::Again)),
+        };
+        if !old
+            .is_at(&self.target)
+            .ctx("check old checkpoint", &self.target)?
+        {
+            return Ok(Err(Retry::Again));
+        }
         let aside = parent.join(side_name(name, OLD_TAG));
         fs::rename(&self.target, &aside).ctx("move old checkpoint aside", &self.target)?;
         fault::point("moved_aside");
@@ -199,19 +378,50 @@ impl Staging {
             fsync_dir(parent)?;
         }
         let _ = fs::remove_dir_all(&aside);
-        Ok(())
+        drop(old);
+        Ok(Ok(Replaced::Removed))
+    }
+}
+
+/// Opens and locks the existing checkpoint at `target`, waiting a while for a
+/// concurrent save that holds it. `None`: it is gone or changed meanwhile.
+fn lock_existing(target: &Path) -> Result<Option<HeldDir>> {
+    let old = match HeldDir::open(target) {
+        Ok(old) => old,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io("open old checkpoint", target, e)),
+    };
+    let start = std::time::Instant::now();
+    loop {
+        match old.try_lock() {
+            Ok(Lock::Taken) | Err(_) => return Ok(Some(old)),
+            Ok(Lock::Busy) if start.elapsed() < OLD_LOCK_WAIT => {
+                if !old.is_at(target).ctx("check old checkpoint", target)? {
+                    return Ok(None);
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Ok(Lock::Busy) => {
+                return Err(Error::io(
+                    "lock old checkpoint (held by another process)",
+                    target,
+                    io::Error::from_raw_os_error(libc::EWOULDBLOCK),
+                ))
+            }
+        }
     }
 }
 
 impl Drop for Staging {
     fn drop(&mut self) {
-        if !self.committed {
+        // Remove only what is still our directory; never what someone put in its place.
+        if !self.committed && self.held.is_at(&self.dir).unwrap_or(false) {
             let _ = fs::remove_dir_all(&self.dir);
         }
     }
 }
 
-fn exchange_unsupported(e: &std::io::Error) -> bool {
+pub(crate) fn exchange_unsupported(e: &io::Error) -> bool {
     matches!(
         e.raw_os_error(),
         Some(libc::EINVAL) | Some(libc::ENOSYS) | Some(libc::ENOTSUP)
@@ -219,7 +429,7 @@ fn exchange_unsupported(e: &std::io::Error) -> bool {
 }
 
 #[cfg(target_os = "linux")]
-fn renameat2(from: &Path, to: &Path, flags: libc::c_uint) -> std::io::Result<()> {
+fn renameat2(from: &Path, to: &Path, flags: libc::c_uint) -> io::Result<()> {
     use std::ffi::CString;
     use std::os::unix::ffi::OsStrExt;
     let from = CString::new(from.as_os_str().as_bytes())?;
@@ -237,98 +447,33 @@ fn renameat2(from: &Path, to: &Path, flags: libc::c_uint) -> std::io::Result<()>
     if rc == 0 {
         Ok(())
     } else {
-        Err(std::io::Error::last_os_error())
+        Err(io::Error::last_os_error())
     }
 }
 
 #[cfg(target_os = "linux")]
-fn rename_exchange(from: &Path, to: &Path) -> std::io::Result<()> {
+fn rename_exchange(from: &Path, to: &Path) -> io::Result<()> {
     renameat2(from, to, libc::RENAME_EXCHANGE)
 }
 
 #[cfg(target_os = "linux")]
-fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
+pub(crate) fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
     renameat2(from, to, libc::RENAME_NOREPLACE)
 }
 
 #[cfg(not(target_os = "linux"))]
-fn rename_exchange(_: &Path, _: &Path) -> std::io::Result<()> {
-    Err(std::io::Error::from_raw_os_error(libc::ENOTSUP))
+fn rename_exchange(_: &Path, _: &Path) -> io::Result<()> {
+    Err(io::Error::from_raw_os_error(libc::ENOTSUP))
 }
 
 #[cfg(not(target_os = "linux"))]
-fn rename_noreplace(_: &Path, _: &Path) -> std::io::Result<()> {
-    Err(std::io::Error::from_raw_os_error(libc::ENOTSUP))
-}
-
-fn pid_alive(pid: u32) -> bool {
-    if pid == std::process::id() {
-        return true;
-    }
-    // SAFETY: kill with signal 0 only checks for existence.
-    let rc = unsafe { libc::kill(pid as libc::pid_t, 0) };
-    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
-}
-
-/// Parses `.NAME<TAG>PID-NONCE` into (NAME, is_old, PID).
-fn parse_side_name(file_name: &str) -> Option<(&str, bool, u32)> {
-    let rest = file_name.strip_prefix('.')?;
-    let (name, tail, old) = if let Some(i) = rest.rfind(TMP_TAG) {
-        (&rest[..i], &rest[i + TMP_TAG.len()..], false)
-    } else {
-        let i = rest.rfind(OLD_TAG)?;
-        (&rest[..i], &rest[i + OLD_TAG.len()..], true)
-    };
-    let (pid, nonce) = tail.split_once('-')?;
-    if nonce.len() != 16 || !nonce.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
-    Some((name, old, pid.parse().ok()?))
-}
-
-/// Removes what dead saves left in `parent` (for one target name, or all). An old
-/// checkpoint moved aside by an interrupted replace is put back if its name is free.
-/// Returns the paths removed or restored.
-pub fn cleanup_leftovers(parent: &Path, only: Option<&OsString>) -> Result<Vec<PathBuf>> {
-    let mut done = Vec::new();
-    for entry in fs::read_dir(parent).ctx("list", parent)? {
-        let entry = entry.ctx("list", parent)?;
-        let file_name = entry.file_name();
-        let Some((name, old, pid)) = file_name.to_str().and_then(parse_side_name) else {
-            continue;
-        };
-        if only.is_some_and(|o| o.to_str() != Some(name)) || pid_alive(pid) {
-            continue;
-        }
-        let path = entry.path();
-        let target = parent.join(name);
-        if old && fs::symlink_metadata(&target).is_err() {
-            fs::rename(&path, &target).ctx("restore old checkpoint", &target)?;
-        } else {
-            fs::remove_dir_all(&path).ctx("remove leftover", &path)?;
-        }
-        done.push(path);
-    }
-    Ok(done)
+pub(crate) fn rename_noreplace(_: &Path, _: &Path) -> io::Result<()> {
+    Err(io::Error::from_raw_os_error(libc::ENOTSUP))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_side_names() {
-        assert_eq!(
-            parse_side_name(".step-1.ckptio-tmp-42-00000000deadbeef"),
-            Some(("step-1", false, 42))
-        );
-        assert_eq!(
-            parse_side_name(".a.ckptio-old-7-0123456789abcdef"),
-            Some(("a", true, 7))
-        );
-        assert_eq!(parse_side_name("step-1"), None);
-        assert_eq!(parse_side_name(".x.ckptio-tmp-1-zz"), None);
-    }
 
     #[test]
     fn stage_commit_replace_and_refuse() {
@@ -368,20 +513,47 @@ mod tests {
     }
 
     #[test]
-    fn cleanup_restores_an_old_checkpoint_moved_aside() {
+    fn first_saves_racing_with_overwrite_both_succeed() {
         let root = tempfile::tempdir().unwrap();
-        // pid 0x7fffffff is not alive.
-        let aside = root
-            .path()
-            .join(".ck.ckptio-old-2147483646-0123456789abcdef");
-        fs::create_dir(&aside).unwrap();
-        let tmp = root
-            .path()
-            .join(".ck.ckptio-tmp-2147483646-0123456789abcdee");
-        fs::create_dir(&tmp).unwrap();
-        let done = cleanup_leftovers(root.path(), None).unwrap();
-        assert_eq!(done.len(), 2);
-        assert!(root.path().join("ck").is_dir());
-        assert!(!tmp.exists());
+        let target = root.path().join("ck");
+        // Both staged while the name was free; the first takes it, the second
+        // replaces it instead of failing.
+        let first = stage(&target, true).unwrap();
+        let second = stage(&target, true).unwrap();
+        fs::write(first.dir.join(MANIFEST_NAME), b"first").unwrap();
+        fs::write(second.dir.join(MANIFEST_NAME), b"second").unwrap();
+        first.commit(false).unwrap();
+        second.commit(false).unwrap();
+        assert_eq!(fs::read(target.join(MANIFEST_NAME)).unwrap(), b"second");
+        assert_eq!(fs::read_dir(root.path()).unwrap().count(), 1);
+        // Without overwrite the loser still gets AlreadyExists.
+        let late = root.path().join("late");
+        let a = stage(&late, false).unwrap();
+        let b = stage(&late, false).unwrap();
+        a.commit(false).unwrap();
+        assert!(matches!(b.commit(false), Err(Error::AlreadyExists { .. })));
+        // ...and a non-checkpoint that appeared meanwhile is never replaced.
+        let odd = root.path().join("odd");
+        let s = stage(&odd, true).unwrap();
+        fs::create_dir(&odd).unwrap();
+        fs::write(odd.join("notes.txt"), b"x").unwrap();
+        assert!(matches!(s.commit(false), Err(Error::AlreadyExists { .. })));
+        assert_eq!(fs::read(odd.join("notes.txt")).unwrap(), b"x");
+    }
+
+    #[test]
+    fn a_vanished_or_swapped_staging_directory_is_never_committed() {
+        let root = tempfile::tempdir().unwrap();
+        let target = root.path().join("ck");
+        let s = stage(&target, false).unwrap();
+        fs::remove_dir_all(&s.dir).unwrap();
+        assert!(s.create_file("model.safetensors").is_err());
+        fs::create_dir(&s.dir).unwrap(); // someone else's directory under our name
+        fs::write(s.dir.join(MANIFEST_NAME), b"not ours").unwrap();
+        let dir = s.dir.clone();
+        assert!(matches!(s.commit(false), Err(Error::Io { .. })));
+        assert!(!target.exists());
+        // Dropping the failed staging left the other directory alone.
+        assert_eq!(fs::read(dir.join(MANIFEST_NAME)).unwrap(), b"not ours");
     }
 }

@@ -5,12 +5,14 @@
 //! in [`python`] behind the `python` feature.
 
 pub mod checksum;
+pub mod cleanup;
 pub mod commit;
 pub mod copy;
 pub mod dtype;
 pub mod error;
 pub mod fault;
 pub mod format;
+pub mod held_dir;
 pub mod manifest;
 pub mod pool;
 pub mod reader;
@@ -19,7 +21,7 @@ pub mod writer;
 #[cfg(feature = "python")]
 mod python;
 
-pub use commit::cleanup_leftovers;
+pub use cleanup::{cleanup_leftovers, Cleanup};
 pub use dtype::Dtype;
 pub use error::{Error, Result};
 pub use manifest::Kind;

@@ -3,7 +3,7 @@
 //! write the manifest and commit.
 
 use std::collections::HashSet;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::IoSlice;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -297,16 +297,15 @@ struct WrittenFile {
     tensors: Vec<TensorRecord>,
 }
 
-fn write_files(dir: &Path, files: &[PlannedFile], durable: bool) -> Result<Vec<WrittenFile>> {
+fn write_files(
+    staging: &Staging,
+    files: &[PlannedFile],
+    durable: bool,
+) -> Result<Vec<WrittenFile>> {
     // Open every file and write its header first, then stream all tensors in parallel.
     let mut handles = Vec::with_capacity(files.len());
     for f in files {
-        let path = dir.join(&f.name);
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .ctx("create", &path)?;
+        let (file, path) = staging.create_file(&f.name)?;
         reserve(&file, &path, f.layout.file_len)?;
         file.write_all_at(&f.layout.header, 0).ctx("write", &path)?;
         handles.push((file, path));
@@ -387,13 +386,13 @@ fn write_files(dir: &Path, files: &[PlannedFile], durable: bool) -> Result<Vec<W
 }
 
 /// Writes a small file in one go (manifest, shard index) and returns its record.
-fn write_small_file(dir: &Path, name: &str, bytes: &[u8], durable: bool) -> Result<FileRecord> {
-    let path = dir.join(name);
-    let file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&path)
-        .ctx("create", &path)?;
+fn write_small_file(
+    staging: &Staging,
+    name: &str,
+    bytes: &[u8],
+    durable: bool,
+) -> Result<FileRecord> {
+    let (file, path) = staging.create_file(name)?;
     file.write_all_at(bytes, 0).ctx("write", &path)?;
     if durable {
         file.sync_all().ctx("fsync", &path)?;
@@ -443,12 +442,12 @@ pub fn save(
     let checkpoint_id = checksum::to_hex(commit::nonce());
     let files = plan_files(groups, opts, &checkpoint_id)?;
     let written =
-        pool::get(opts.threads)?.install(|| write_files(&staging.dir, &files, opts.durable))?;
+        pool::get(opts.threads)?.install(|| write_files(&staging, &files, opts.durable))?;
 
     let mut file_records: Vec<FileRecord> = written.iter().map(|w| w.record.clone()).collect();
     for g in groups {
         if let Some((name, bytes)) = shard_index(g.name, &written) {
-            file_records.push(write_small_file(&staging.dir, &name, &bytes, opts.durable)?);
+            file_records.push(write_small_file(&staging, &name, &bytes, opts.durable)?);
         }
     }
     // Tensor records in the caller's order.
@@ -478,7 +477,7 @@ pub fn save(
         user,
     };
     write_small_file(
-        &staging.dir,
+        &staging,
         MANIFEST_NAME,
         &manifest::encode(&manifest),
         opts.durable,

@@ -45,8 +45,9 @@ def copy_into(pairs: Sequence[tuple[Buffer, Buffer]], threads: int = 0) -> None:
     """Copies each source buffer into its (writable, same-size) destination, in
     parallel, with the GIL released."""
 
-def cleanup(directory: str | PathLike[str]) -> list[str]:
-    """Removes leftovers of dead saves in ``directory``; returns their paths."""
+def cleanup(directory: str | PathLike[str]) -> tuple[list[str], list[tuple[str, str]]]:
+    """Removes leftovers of dead saves in ``directory``; returns their paths, and the
+    entries named like leftovers that it left alone, each with the reason."""
 
 @final
 class Checkpoint:

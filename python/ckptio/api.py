@@ -185,14 +185,41 @@ def verify(path: PathLike, *, threads: int | None = None) -> None:
     Checkpoint(path).verify(threads=threads)
 
 
-def cleanup(directory: PathLike) -> list[Path]:
-    """Removes what interrupted saves left in ``directory`` (hidden ``.NAME.ckptio-tmp-*``
-    directories of dead processes) and puts back an old checkpoint that an interrupted
-    replace had moved aside. Returns the paths handled.
+class CleanupResult(list[Path]):
+    """What ``cleanup`` returns: the leftovers it removed or put back, as a list of
+    paths, and in ``skipped`` the entries named like leftovers that it left alone,
+    as ``(path, reason)`` pairs (a save in progress, something that is not a
+    directory, another user's entry, a filesystem without locks).
 
     Example:
-        >>> import ckptio, tempfile
-        >>> ckptio.cleanup(tempfile.mkdtemp())
-        []
+        >>> r = CleanupResult([Path("/d/.a.ckptio-tmp-1-0123456789abcdef")], [])
+        >>> len(r), r.skipped
+        (1, [])
     """
-    return [Path(p) for p in _core.cleanup(os.fspath(directory))]
+
+    def __init__(self, done: list[Path], skipped: list[tuple[Path, str]]) -> None:
+        super().__init__(done)
+        self.skipped = skipped
+
+
+def cleanup(directory: PathLike) -> CleanupResult:
+    """Removes what interrupted saves left in ``directory`` (hidden
+    ``.NAME.ckptio-tmp-*`` directories) and puts back an old checkpoint that an
+    interrupted replace had moved aside (``.NAME.ckptio-old-*``). Returns the paths
+    handled; ``.skipped`` lists what it left alone and why.
+
+    A leftover is removed only once its save is proven over: a live save holds a lock
+    on its directory (from any process, container or host that shares the lock), and
+    cleanup removes a leftover only while it holds that lock itself. See
+    docs/GUARANTEES.md.
+
+    Example:
+        >>> import ckptio, tempfile, pathlib
+        >>> d = tempfile.mkdtemp()
+        >>> pathlib.Path(d, ".ck.ckptio-tmp-1-0123456789abcdef").touch()  # not ckptio's
+        >>> result = ckptio.cleanup(d)
+        >>> result, [reason.split(",")[0] for _, reason in result.skipped]
+        ([], ['not a directory'])
+    """
+    done, skipped = _core.cleanup(os.fspath(directory))
+    return CleanupResult([Path(p) for p in done], [(Path(p), why) for p, why in skipped])

@@ -60,8 +60,11 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _cleanup(args: argparse.Namespace) -> int:
-    for p in cleanup(args.directory):
+    result = cleanup(args.directory)
+    for p in result:
         print(f"cleaned  {p}")
+    for p, why in result.skipped:
+        print(f"skipped  {p}: {why}")
     return 0
 
 

@@ -11,7 +11,7 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 
-use crate::{commit, writer, Dtype, Kind};
+use crate::{writer, Dtype, Kind};
 use checkpoint::{PyCheckpoint, PyMappedFile};
 use errors::IntoPyResult;
 
@@ -209,10 +209,15 @@ fn open(py: Python<'_>, path: PathBuf) -> PyResult<PyCheckpoint> {
 
 /// Removes leftovers of dead saves in `directory`; see `_core.pyi`.
 #[pyfunction]
-fn cleanup(py: Python<'_>, directory: PathBuf) -> PyResult<Vec<PathBuf>> {
-    py.detach(|| commit::cleanup_leftovers(&directory, None))
-        .into_py_result()
+fn cleanup(py: Python<'_>, directory: PathBuf) -> PyResult<CleanupOutcome> {
+    let report = py
+        .detach(|| crate::cleanup_leftovers(&directory, None))
+        .into_py_result()?;
+    Ok((report.done, report.skipped))
 }
+
+/// (paths removed or put back, (path, reason) of entries left alone).
+type CleanupOutcome = (Vec<PathBuf>, Vec<(PathBuf, String)>);
 
 #[pymodule(name = "_core")]
 fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
