@@ -8,24 +8,34 @@ opening threads.
 - Threads saving different checkpoints at once, or the same name with overwrite=True,
   leave complete checkpoints and no leftovers.
 - One checkpoint opened, loaded and verified from many threads at once.
+- Two processes making the first save of one name with overwrite=True at the same
+  moment both succeed; the later commit wins.
+- A live save paused at any point survives a concurrent ``ckptio.cleanup``, also one
+  run in another PID namespace (where the saver's pid means nothing), and commits.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 from _faults import (
+    NO_RENAMEAT2,
     assert_is_version,
     assert_tree_equal,
     make_state,
+    run_python,
     save_version,
     side_entries,
     visible_entries,
@@ -186,3 +196,138 @@ def test_verify_checks_the_checkpoint_that_was_opened(tmp_path: Path) -> None:
     assert held.step == 1
     assert_tree_equal({k: np.array(held[k]) for k in held}, make_state(1)[0])
     assert_is_version(path, 2)
+
+
+# -- concurrent first saves with overwrite=True ---------------------------------------
+RACE = """
+import json, multiprocessing as mp, sys
+from pathlib import Path
+import numpy as np
+import ckptio
+
+root, rounds = Path(sys.argv[1]), int(sys.argv[2])
+
+def racer(k, barrier, results):
+    failures = []
+    for i in range(rounds):
+        barrier.wait()
+        try:
+            ckptio.save_weights_for_sampler(root / f"r{i}", {"w": np.full(4096, k)}, overwrite=True)
+        except Exception as e:
+            failures.append(f"round {i}: {type(e).__name__}: {e}")
+    results.put(failures)
+
+ctx = mp.get_context("fork")  # forked before ckptio has done anything
+barrier, results = ctx.Barrier(2), ctx.Queue()
+procs = [ctx.Process(target=racer, args=(k, barrier, results)) for k in (1, 2)]
+for p in procs:
+    p.start()
+failures = [f for _ in procs for f in results.get(timeout=300)]
+for p in procs:
+    p.join()
+print(json.dumps(failures))
+"""
+N_RACES = 40
+
+
+def test_concurrent_first_saves_with_overwrite_both_succeed(tmp_path: Path) -> None:
+    """Regression: the loser of two first saves of one name with overwrite=True raised
+    CheckpointExistsError in about half the rounds (its RENAME_NOREPLACE found the
+    name taken); now it replaces the winner's checkpoint."""
+    result = run_python(RACE, str(tmp_path), str(N_RACES), timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == []
+    for i in range(N_RACES):
+        path = tmp_path / f"r{i}"
+        ckptio.verify(path)
+        w = ckptio.load_state(path)["w"]
+        assert len(set(w.tolist())) == 1 and w[0] in (1, 2)
+    assert side_entries(tmp_path) == []
+
+
+# -- a live save against a concurrent cleanup ----------------------------------------
+PAUSED_SAVE = """
+import sys
+from pathlib import Path
+from _faults import save_version
+save_version(Path(sys.argv[1]), 2, overwrite=True)
+print("saved", flush=True)
+"""
+CLEANUP = "import sys, ckptio; print(len(ckptio.cleanup(sys.argv[1])))"
+
+
+def _other_pid_namespace() -> list[str] | None:
+    """A command prefix that runs a process in a new PID namespace (as a process in
+    another container sees this one), or None where that is not allowed."""
+    prefix = ["unshare", "--user", "--map-root-user", "--pid", "--fork"]
+    if shutil.which("unshare") is None:
+        return None
+    probe = subprocess.run(
+        [*prefix, sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    return prefix if probe.returncode == 0 and probe.stdout.strip() == "1" else None
+
+
+def _wait_until_stopped(pid: int) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+        if state == "T":
+            return
+        assert state != "Z", "the save ended instead of pausing"
+        time.sleep(0.01)
+    raise AssertionError("the save never reached its pause point")
+
+
+PAUSES = [("staged", False), ("files_synced", False), ("manifest_written", False), ("moved_aside", True)]
+
+
+@pytest.mark.parametrize("namespace", ["same", "other"])
+@pytest.mark.parametrize(("point", "fallback"), PAUSES, ids=[p for p, _ in PAUSES])
+def test_live_save_survives_a_concurrent_cleanup(
+    tmp_path: Path, fault_env: dict[str, str], point: str, fallback: bool, namespace: str
+) -> None:
+    """Regression: cleanup took a saver whose pid it could not see (another PID
+    namespace: a container, or a host sharing the filesystem) for dead and deleted its
+    staging directory; in one interleaving the saver then committed a checkpoint
+    holding only ckptio.json in place of the good old one. The save here is paused
+    (SIGSTOP, a crash point of the test build) while cleanup runs, then resumes: it
+    must commit the complete new checkpoint. ``moved_aside``: paused between the two
+    renames of the fallback, cleanup must not put the old checkpoint back."""
+    prefix = [] if namespace == "same" else _other_pid_namespace()
+    if prefix is None:
+        pytest.skip("no PID namespaces here (unshare --user --pid not allowed)")
+    path = tmp_path / "ck"
+    save_version(path, 1)
+    env = {**os.environ, **fault_env, "CKPTIO_STOP_AT": point}
+    env.pop("CKPTIO_CRASH_AT", None)
+    script = (NO_RENAMEAT2 if fallback else "") + PAUSED_SAVE
+    saver = subprocess.Popen(
+        [sys.executable, "-c", script, str(path)],
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=Path(__file__).parent,
+    )
+    try:
+        _wait_until_stopped(saver.pid)
+        pending = side_entries(tmp_path)
+        assert len(pending) == (2 if fallback else 1), pending
+        cleanup = subprocess.run(
+            [*prefix, sys.executable, "-c", CLEANUP, str(tmp_path)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert cleanup.returncode == 0, cleanup.stderr
+        assert cleanup.stdout.strip() == "0", cleanup.stdout
+        assert side_entries(tmp_path) == pending
+        assert path.exists() == (not fallback)  # the old one is still aside, not back
+    finally:
+        os.kill(saver.pid, signal.SIGCONT)
+        out, err = saver.communicate(timeout=120)
+    assert saver.returncode == 0 and out.strip() == "saved", (saver.returncode, err)
+    assert_is_version(path, 2)
+    assert side_entries(tmp_path) == [] and visible_entries(tmp_path) == ["ck"]
