@@ -66,7 +66,7 @@ for i in range(n_forks):
             traceback.print_exc()
             sys.stderr.flush()
             os._exit(1)
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 20
     while True:
         done, status = os.waitpid(pid, os.WNOHANG)
         if done:
