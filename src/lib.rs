@@ -11,9 +11,11 @@ pub mod dtype;
 pub mod error;
 pub mod fault;
 pub mod format;
+pub mod limits;
 pub mod manifest;
 pub mod pool;
 pub mod reader;
+mod save_plan;
 pub mod writer;
 
 #[cfg(feature = "python")]
