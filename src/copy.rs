@@ -8,7 +8,7 @@ use std::os::unix::fs::FileExt;
 use rayon::prelude::*;
 
 use crate::checksum;
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
 use crate::limits::MAX_OPEN_FILES;
 use crate::pool;
 use crate::reader::Checkpoint;
@@ -110,7 +110,13 @@ fn read_one(
             .enumerate()
             .try_for_each(|(k, chunk)| {
                 let offset = t.begin + (k * CHUNK) as u64;
-                file.read_exact_at(chunk, offset).ctx("read", &f.path)
+                file.read_exact_at(chunk, offset)
+                    .map_err(|e| match e.kind() {
+                        std::io::ErrorKind::UnexpectedEof => {
+                            Error::corrupt(&f.path, Some(&t.name), "file shrank while it was read")
+                        }
+                        _ => Error::io("read", &f.path, e),
+                    })
             })?,
         None => dst
             .par_chunks_mut(CHUNK)
