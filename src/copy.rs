@@ -1,12 +1,15 @@
 //! Parallel byte moves: the snapshot copy of an async save and the positional reads of
 //! `load(copy=True)`. Large tensors are split into chunks so both cores share them.
 
+use std::collections::HashMap;
+use std::fs::File;
 use std::os::unix::fs::FileExt;
 
 use rayon::prelude::*;
 
 use crate::checksum;
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
+use crate::limits::MAX_OPEN_FILES;
 use crate::pool;
 use crate::reader::Checkpoint;
 
@@ -32,11 +35,14 @@ pub fn copy_all(jobs: Vec<(&[u8], &mut [u8])>, threads: usize) -> Result<()> {
     Ok(())
 }
 
-/// Reads tensors (by index into `ckpt.tensors`) into caller buffers with positional
-/// reads (no mapping involved), optionally checking each tensor's checksum.
+/// Reads tensors (by index into `ckpt.tensors`) into caller buffers, optionally
+/// checking each tensor's checksum. Positional reads of each file reopened by name
+/// (a file truncated meanwhile gives an error, where a mapping would fault), at most
+/// [`MAX_OPEN_FILES`] files at a time; a file removed since the open (its checkpoint
+/// was replaced) is read from its read-only mapping instead.
 pub fn read_tensors(
     ckpt: &Checkpoint,
-    jobs: Vec<(usize, &mut [u8])>,
+    mut jobs: Vec<(usize, &mut [u8])>,
     verify: bool,
     threads: usize,
 ) -> Result<()> {
@@ -54,24 +60,75 @@ pub fn read_tensors(
             )));
         }
     }
-    pool::get(threads)?.install(|| {
-        jobs.into_par_iter().try_for_each(|(i, dst)| {
-            let t = &ckpt.tensors[i];
-            let f = &ckpt.files[t.file];
-            dst.par_chunks_mut(CHUNK)
-                .enumerate()
-                .try_for_each(|(k, chunk)| {
-                    let offset = t.begin + (k * CHUNK) as u64;
-                    f.file().read_exact_at(chunk, offset).ctx("read", &f.path)
-                })?;
-            if verify && checksum::hash(dst) != t.xxh3 {
-                return Err(Error::corrupt(
-                    &f.path,
-                    Some(&t.name),
-                    "data checksum mismatch",
-                ));
+    jobs.sort_by_key(|(i, _)| ckpt.tensors[*i].file);
+    let pool = pool::get(threads)?;
+    while !jobs.is_empty() {
+        // The next window: the jobs of up to MAX_OPEN_FILES files (jobs are in file order).
+        let mut files: Vec<usize> = Vec::new();
+        let mut n = 0;
+        for (i, _) in &jobs {
+            let fi = ckpt.tensors[*i].file;
+            if files.last() != Some(&fi) {
+                if files.len() == MAX_OPEN_FILES {
+                    break;
+                }
+                files.push(fi);
             }
-            Ok(())
-        })
-    })
+            n += 1;
+        }
+        let rest = jobs.split_off(n);
+        let window = std::mem::replace(&mut jobs, rest);
+        let opened: HashMap<usize, Option<File>> = files
+            .iter()
+            .map(|&fi| {
+                let f = &ckpt.files[fi];
+                Ok((fi, ckpt.reopen(&f.name, f.id())?))
+            })
+            .collect::<Result<_>>()?;
+        pool.install(|| {
+            window.into_par_iter().try_for_each(|(i, dst)| {
+                read_one(ckpt, i, dst, opened[&ckpt.tensors[i].file].as_ref(), verify)
+            })
+        })?;
+    }
+    Ok(())
+}
+
+/// Reads tensor `i` from `file` (or, if None, from the file's read-only mapping).
+fn read_one(
+    ckpt: &Checkpoint,
+    i: usize,
+    dst: &mut [u8],
+    file: Option<&File>,
+    verify: bool,
+) -> Result<()> {
+    let t = &ckpt.tensors[i];
+    let f = &ckpt.files[t.file];
+    match file {
+        Some(file) => dst
+            .par_chunks_mut(CHUNK)
+            .enumerate()
+            .try_for_each(|(k, chunk)| {
+                let offset = t.begin + (k * CHUNK) as u64;
+                file.read_exact_at(chunk, offset)
+                    .map_err(|e| match e.kind() {
+                        std::io::ErrorKind::UnexpectedEof => {
+                            Error::corrupt(&f.path, Some(&t.name), "file shrank while it was read")
+                        }
+                        _ => Error::io("read", &f.path, e),
+                    })
+            })?,
+        None => dst
+            .par_chunks_mut(CHUNK)
+            .zip(f.pristine()[t.begin as usize..t.end as usize].par_chunks(CHUNK))
+            .for_each(|(d, s)| d.copy_from_slice(s)),
+    }
+    if verify && checksum::hash(dst) != t.xxh3 {
+        return Err(Error::corrupt(
+            &f.path,
+            Some(&t.name),
+            "data checksum mismatch",
+        ));
+    }
+    Ok(())
 }

@@ -14,11 +14,7 @@ use serde_json::value::RawValue;
 
 use crate::dtype::{byte_len, Dtype};
 use crate::error::{Error, Result};
-
-/// Largest JSON header accepted (the limit safetensors itself uses).
-pub const MAX_HEADER_LEN: u64 = 100 * 1024 * 1024;
-/// Most dimensions a tensor may have (numpy's limit).
-pub const MAX_RANK: usize = 64;
+use crate::limits::{self, MAX_HEADER_LEN};
 /// The data section starts at a multiple of this, so every tensor is aligned to its
 /// element size (tensors are ordered by element size, largest first).
 const HEADER_ALIGN: usize = 8;
@@ -123,6 +119,13 @@ pub fn plan(
     while (8 + body.len()) % HEADER_ALIGN != 0 {
         body.push(b' ');
     }
+    if body.len() as u64 > MAX_HEADER_LEN {
+        return Err(Error::InvalidArgument(format!(
+            "its safetensors header would be {} bytes, over the limit of {MAX_HEADER_LEN} \
+             (long tensor names or many tensors in one file; max_shard_bytes splits a group)",
+            body.len()
+        )));
+    }
     let data_start = 8 + body.len() as u64;
     let mut header = Vec::with_capacity(8 + body.len());
     header.extend_from_slice(&(body.len() as u64).to_le_bytes());
@@ -204,7 +207,8 @@ pub fn parse(file: &Path, bytes: &[u8]) -> Result<ParsedHeader> {
                 format!("tensor {name:?}: unsupported dtype {:?}", entry.dtype),
             )
         })?;
-        check_shape(file, &name, dtype, &entry.shape)?;
+        limits::check_shape(dtype, &entry.shape)
+            .map_err(|msg| Error::format(file, format!("tensor {name:?}: {msg}")))?;
         let [b, e] = entry.data_offsets;
         let need = byte_len(dtype, &entry.shape).ok_or_else(|| {
             Error::format(
@@ -241,32 +245,6 @@ pub fn parse(file: &Path, bytes: &[u8]) -> Result<ParsedHeader> {
         metadata,
         tensors,
     })
-}
-
-/// Shapes every array library can represent: at most [`MAX_RANK`] dimensions, and the
-/// product of the non-zero dimensions, in bytes, within `i64` (numpy's rule, which it
-/// applies to empty arrays too), so a zero-size tensor cannot carry absurd dimensions.
-fn check_shape(file: &Path, name: &str, dtype: Dtype, shape: &[u64]) -> Result<()> {
-    if shape.len() > MAX_RANK {
-        return Err(Error::format(
-            file,
-            format!(
-                "tensor {name:?}: {} dimensions, more than {MAX_RANK}",
-                shape.len()
-            ),
-        ));
-    }
-    let nonzero_bytes = shape
-        .iter()
-        .filter(|&&d| d != 0)
-        .try_fold(dtype.size() as u64, |acc, &d| acc.checked_mul(d));
-    match nonzero_bytes {
-        Some(n) if n <= i64::MAX as u64 => Ok(()),
-        _ => Err(Error::format(
-            file,
-            format!("tensor {name:?}: shape {shape:?} overflows (dimensions too large)"),
-        )),
-    }
 }
 
 /// Data must tile `[hlen, file_len)` exactly: no overlap, no hole, no trailing bytes.

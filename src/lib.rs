@@ -13,9 +13,11 @@ pub mod error;
 pub mod fault;
 pub mod format;
 pub mod held_dir;
+pub mod limits;
 pub mod manifest;
 pub mod pool;
 pub mod reader;
+mod save_plan;
 pub mod writer;
 
 #[cfg(feature = "python")]

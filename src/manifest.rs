@@ -3,7 +3,7 @@
 //! itself: the file is `{"manifest": {...}, "manifest_xxh3": "..."}` where the checksum
 //! is over the exact bytes of the `manifest` value.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -11,17 +11,11 @@ use serde_json::value::RawValue;
 
 use crate::checksum;
 use crate::error::{Error, Result};
+use crate::limits;
 
 pub const MANIFEST_NAME: &str = "ckptio.json";
 pub const FORMAT_NAME: &str = "ckptio";
 pub const FORMAT_VERSION: u32 = 1;
-/// Larger manifests are refused before they are read.
-pub const MAX_MANIFEST_LEN: u64 = 256 * 1024 * 1024;
-/// Deepest JSON nesting accepted in a manifest. The optimizer skeleton of the deepest
-/// tree the Python layer saves (32 levels, 3 JSON levels each) sits near 100. Readers
-/// further down (Python's `json`, the skeleton rebuild) recurse, so this is checked
-/// on the raw bytes before anything parses them.
-pub const MAX_JSON_DEPTH: usize = 128;
 
 #[derive(Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
 #[serde(rename_all = "lowercase")]
@@ -151,13 +145,11 @@ fn manifest_text(m: &Manifest) -> String {
     out
 }
 
+/// Parses and checks a manifest file's bytes: limits first (on the raw bytes, before
+/// any parse), then the self-checksum, the format version and the structure. Every
+/// check is linear in the size of the file.
 pub fn decode(file: &Path, bytes: &[u8]) -> Result<Manifest> {
-    if json_depth_exceeds(bytes, MAX_JSON_DEPTH) {
-        return Err(Error::format(
-            file,
-            format!("manifest JSON nests deeper than {MAX_JSON_DEPTH} levels"),
-        ));
-    }
+    limits::check_manifest_json(bytes).map_err(|msg| Error::format(file, msg))?;
     let env: EnvelopeIn = serde_json::from_slice(bytes)
         .map_err(|e| Error::format(file, format!("invalid manifest JSON: {e}")))?;
     let actual = checksum::to_hex(checksum::hash(env.manifest.get().as_bytes()));
@@ -188,38 +180,8 @@ pub fn decode(file: &Path, bytes: &[u8]) -> Result<Manifest> {
     };
     check_version(file, Some(&m.format), Some(m.format_version))?;
     check_structure(file, &m)?;
+    limits::check_user_section(m.user.get()).map_err(|msg| Error::format(file, msg))?;
     Ok(m)
-}
-
-/// Does the JSON text nest objects and arrays deeper than `max`? A linear scan that
-/// skips strings; invalid JSON is left for the parser to reject.
-fn json_depth_exceeds(bytes: &[u8], max: usize) -> bool {
-    let mut depth = 0usize;
-    let mut in_string = false;
-    let mut escaped = false;
-    for &b in bytes {
-        if in_string {
-            match (escaped, b) {
-                (true, _) => escaped = false,
-                (false, b'\\') => escaped = true,
-                (false, b'"') => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
-        match b {
-            b'"' => in_string = true,
-            b'[' | b'{' => {
-                depth += 1;
-                if depth > max {
-                    return true;
-                }
-            }
-            b']' | b'}' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-    }
-    false
 }
 
 fn check_version(file: &Path, format: Option<&str>, version: Option<u32>) -> Result<()> {
@@ -266,7 +228,8 @@ fn check_structure(file: &Path, m: &Manifest) -> Result<()> {
             format!("unsupported checksum algorithm {:?}", m.checksum),
         ));
     }
-    let mut names = HashSet::new();
+    // Name -> role: one lookup per tensor keeps the check linear on hostile manifests.
+    let mut names = HashMap::with_capacity(m.files.len());
     for f in &m.files {
         if !is_safe_file_name(&f.name) || f.name == MANIFEST_NAME {
             return Err(Error::format(
@@ -274,7 +237,7 @@ fn check_structure(file: &Path, m: &Manifest) -> Result<()> {
                 format!("file name {:?} is not allowed in a checkpoint", f.name),
             ));
         }
-        if !names.insert(f.name.as_str()) {
+        if names.insert(f.name.as_str(), f.role).is_some() {
             return Err(Error::format(
                 file,
                 format!("file {:?} is listed twice", f.name),
@@ -295,11 +258,7 @@ fn check_structure(file: &Path, m: &Manifest) -> Result<()> {
                 format!("duplicate tensor {:?} in group {:?}", t.name, t.group),
             ));
         }
-        let holder = m
-            .files
-            .iter()
-            .find(|f| f.name == t.file && f.role == FileRole::Tensors);
-        if holder.is_none() {
+        if names.get(t.file.as_str()) != Some(&FileRole::Tensors) {
             return Err(Error::format(
                 file,
                 format!(
@@ -394,13 +353,6 @@ mod tests {
                 assert!(e.to_string().contains("deeper"), "{e}");
             }
         }
-    }
-
-    #[test]
-    fn depth_scan_skips_strings() {
-        assert!(!json_depth_exceeds(br#"{"a":"[[[[[[[[[[[\"[[[["}"#, 2));
-        assert!(json_depth_exceeds(br#"{"a":[[1]]}"#, 2));
-        assert!(!json_depth_exceeds(br#"{"a":[[1]]}"#, 3));
     }
 
     /// Every committed fuzz seed (fuzz/seeds/manifest) decodes or fails without

@@ -1,8 +1,12 @@
 //! Opening a checkpoint: read and check the manifest, map every tensor file privately
 //! (copy-on-write), validate each header against the manifest before any tensor byte
-//! is touched. Verification hashes tensors over a fresh read-only mapping.
+//! is touched. Verification hashes tensors over a second, read-only mapping.
+//!
+//! An open checkpoint holds one descriptor (its directory) however many files it has:
+//! each file is mapped, then closed. `verify` and copy loads reopen a file by name in
+//! the opened directory and check that it is still the same file.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::Read;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
@@ -16,16 +20,42 @@ use crate::checksum;
 use crate::dtype::Dtype;
 use crate::error::{Error, IoContext, Result};
 use crate::format;
-use crate::manifest::{self, FileRole, Kind, Manifest, MANIFEST_NAME, MAX_MANIFEST_LEN};
+use crate::limits::{MAX_MANIFEST_LEN, MAX_SIDE_FILE_LEN};
+use crate::manifest::{self, FileRole, Kind, Manifest, MANIFEST_NAME};
 use crate::pool;
+
+/// Which file was opened: a later reopen by name must find the same one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FileId {
+    dev: u64,
+    ino: u64,
+    pub(crate) len: u64,
+}
+
+impl FileId {
+    fn of(file: &File, path: &Path) -> Result<FileId> {
+        use std::os::unix::fs::MetadataExt;
+        let m = file.metadata().ctx("stat", path)?;
+        Ok(FileId {
+            dev: m.dev(),
+            ino: m.ino(),
+            len: m.len(),
+        })
+    }
+}
 
 /// A tensor file mapped `MAP_PRIVATE`: writes through the mapping stay in this process.
 pub struct MappedFile {
     pub name: String,
     pub path: PathBuf,
-    file: File,
+    id: FileId,
     map: MmapMut,
     ptr: NonNull<u8>,
+    /// A read-only shared mapping of the same file: the file's own bytes, never the
+    /// caller's writes to `map`, for `verify` and copy loads. Like `map`, it stays
+    /// valid once the file is unlinked (as a replaced checkpoint's files are), and it
+    /// holds no descriptor.
+    pristine: Mmap,
 }
 
 // SAFETY: `ptr` points into `map`, which lives as long as `self`; the mapping is
@@ -43,9 +73,23 @@ impl MappedFile {
         self.map.len()
     }
 
-    /// The open file behind the mapping (for positional reads that bypass it).
-    pub fn file(&self) -> &File {
-        &self.file
+    /// The file's bytes as they are on disk (a read-only mapping).
+    pub(crate) fn pristine(&self) -> &[u8] {
+        &self.pristine
+    }
+
+    pub(crate) fn id(&self) -> FileId {
+        self.id
+    }
+
+    /// Drops the read-only mapping's pages from this process (they stay in the page
+    /// cache), so a verify does not leave the whole checkpoint counted in its RSS.
+    pub(crate) fn release_pristine(&self) {
+        // SAFETY: a read-only shared file mapping; a later access reads the file again.
+        let _ = unsafe {
+            self.pristine
+                .unchecked_advise(memmap2::UncheckedAdvice::DontNeed)
+        };
     }
 
     pub fn is_empty(&self) -> bool {
@@ -87,9 +131,16 @@ pub struct Checkpoint {
     /// The directory as opened: every file was opened relative to it, and `verify`
     /// lists it, so a checkpoint swapped in under the same name later never mixes in.
     dir_fd: File,
-    /// The side files (role `index`), opened with the rest (None: could not be opened;
+    /// The side files (role `index`), as found at open (None: could not be opened;
     /// `verify` reports why).
-    side_files: Vec<Option<File>>,
+    side_files: Vec<Option<SideFile>>,
+}
+
+/// A side file found at open: which file, and its bytes (None: empty, or over the cap
+/// and refused by `verify`).
+struct SideFile {
+    id: FileId,
+    map: Option<Mmap>,
 }
 
 /// How often `open` starts over when the name was swapped to another checkpoint while
@@ -140,21 +191,26 @@ fn openat(dir_fd: &File, name: &str) -> std::io::Result<File> {
     Ok(unsafe { File::from_raw_fd(fd) })
 }
 
+/// Why a listed file could not be opened.
+fn open_error(path: &Path, e: std::io::Error) -> Error {
+    match e.raw_os_error() {
+        Some(libc::ELOOP) => Error::format(
+            path,
+            "is a symbolic link; checkpoints contain only regular files",
+        ),
+        Some(libc::ENOENT) => Error::corrupt(path, None, "file is missing"),
+        // A socket cannot be opened at all (ENXIO); name it for what it is.
+        _ if fs::symlink_metadata(path).is_ok_and(|m| !m.is_file()) => {
+            Error::format(path, "is not a regular file")
+        }
+        _ => Error::io("open", path, e),
+    }
+}
+
 /// Opens a file the manifest lists; it must be a regular file.
 fn open_regular(dir_fd: &File, dir: &Path, name: &str) -> Result<File> {
     let path = dir.join(name);
-    let file = openat(dir_fd, name).map_err(|e| match e.raw_os_error() {
-        Some(libc::ELOOP) => Error::format(
-            &path,
-            "is a symbolic link; checkpoints contain only regular files",
-        ),
-        Some(libc::ENOENT) => Error::corrupt(&path, None, "file is missing"),
-        // A socket cannot be opened at all (ENXIO); name it for what it is.
-        _ if fs::symlink_metadata(&path).is_ok_and(|m| !m.is_file()) => {
-            Error::format(&path, "is not a regular file")
-        }
-        _ => Error::io("open", &path, e),
-    })?;
+    let file = openat(dir_fd, name).map_err(|e| open_error(&path, e))?;
     let meta = file.metadata().ctx("stat", &path)?;
     if !meta.is_file() {
         return Err(Error::format(&path, "is not a regular file"));
@@ -196,7 +252,8 @@ fn parse_hex(file: &Path, what: &str, s: &str) -> Result<u64> {
         .map_err(|_| Error::format(file, format!("{what}: checksum {s:?} is not hex")))
 }
 
-/// Maps one tensor file and checks its size and header against the manifest.
+/// Maps one tensor file (then closes it) and checks its size and header against the
+/// manifest.
 fn map_tensor_file(
     dir_fd: &File,
     dir: &Path,
@@ -204,7 +261,8 @@ fn map_tensor_file(
 ) -> Result<(MappedFile, format::ParsedHeader)> {
     let path = dir.join(&rec.name);
     let file = open_regular(dir_fd, dir, &rec.name)?;
-    let len = file.metadata().ctx("stat", &path)?.len();
+    let id = FileId::of(&file, &path)?;
+    let len = id.len;
     if len != rec.size {
         return Err(Error::corrupt(
             &path,
@@ -231,12 +289,15 @@ fn map_tensor_file(
         return Err(Error::corrupt(&path, None, "header checksum mismatch"));
     }
     let header = format::parse(&path, &map)?;
+    // SAFETY: as above; read-only.
+    let pristine = unsafe { Mmap::map(&file) }.ctx("mmap", &path)?;
     let mapped = MappedFile {
         name: rec.name.clone(),
         path,
-        file,
+        id,
         map,
         ptr,
+        pristine,
     };
     Ok((mapped, header))
 }
@@ -275,11 +336,11 @@ fn replaced(dir: &Path, dir_fd: &File) -> bool {
 fn open_in(dir: &Path, dir_fd: File) -> std::result::Result<Checkpoint, (Error, File)> {
     match open_checkpoint(dir, &dir_fd) {
         Ok((manifest, files, tensors)) => {
-            let side_files: Vec<Option<File>> = manifest
+            let side_files: Vec<Option<SideFile>> = manifest
                 .files
                 .iter()
                 .filter(|r| r.role == FileRole::Index)
-                .map(|r| open_regular(&dir_fd, dir, &r.name).ok())
+                .map(|r| open_side_file(&dir_fd, dir, &r.name).ok())
                 .collect();
             if side_files.iter().any(Option::is_none) && replaced(dir, &dir_fd) {
                 let e = Error::corrupt(dir, None, "replaced by another save while opening");
@@ -296,6 +357,21 @@ fn open_in(dir: &Path, dir_fd: File) -> std::result::Result<Checkpoint, (Error, 
         }
         Err(e) => Err((e, dir_fd)),
     }
+}
+
+/// Maps a side file for `verify` (then closes it); an empty or oversized one is not
+/// mapped (`verify` refuses the latter).
+fn open_side_file(dir_fd: &File, dir: &Path, name: &str) -> Result<SideFile> {
+    let path = dir.join(name);
+    let file = open_regular(dir_fd, dir, name)?;
+    let id = FileId::of(&file, &path)?;
+    let map = if id.len == 0 || id.len > MAX_SIDE_FILE_LEN {
+        None
+    } else {
+        // SAFETY: read-only mapping of a regular file; only hashed by `verify`.
+        Some(unsafe { Mmap::map(&file) }.ctx("mmap", &path)?)
+    };
+    Ok(SideFile { id, map })
 }
 
 type Opened = (Manifest, Vec<MappedFile>, Vec<TensorInfo>);
@@ -375,33 +451,51 @@ impl Checkpoint {
         self.manifest.kind
     }
 
+    /// Reopens a file of the checkpoint by name, in the directory that was opened:
+    /// Some if it is the file that was opened (same device, inode and size), None if
+    /// it has been removed since (as a replaced checkpoint's files are; the mappings
+    /// still hold its bytes). Any other file under the name is damage.
+    pub(crate) fn reopen(&self, name: &str, id: FileId) -> Result<Option<File>> {
+        let path = self.dir.join(name);
+        let file = match openat(&self.dir_fd, name) {
+            Ok(file) => file,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
+            Err(e) => return Err(open_error(&path, e)),
+        };
+        let now = FileId::of(&file, &path)?;
+        if (now.dev, now.ino) != (id.dev, id.ino) {
+            return Err(Error::corrupt(
+                &path,
+                None,
+                "replaced by another file since the checkpoint was opened",
+            ));
+        }
+        if now.len != id.len {
+            return Err(Error::corrupt(
+                &path,
+                None,
+                "file changed size since it was opened",
+            ));
+        }
+        Ok(Some(file))
+    }
+
     /// Checks every byte: headers, tensor data and side files against their checksums,
-    /// over fresh read-only mappings of the same open files (so writes the caller made
+    /// over read-only mappings of the files that were opened (so writes the caller made
     /// to loaded arrays are not mistaken for corruption), and that the directory holds
     /// nothing the manifest does not list. Reports every bad tensor, naming the first.
     pub fn verify(&self, threads: usize) -> Result<()> {
-        let maps: Vec<Mmap> = self
-            .files
-            .iter()
-            .map(|f| {
-                let len = f.file.metadata().ctx("stat", &f.path)?.len();
-                if len != f.len() as u64 {
-                    return Err(Error::corrupt(
-                        &f.path,
-                        None,
-                        "file changed size since it was opened",
-                    ));
-                }
-                // SAFETY: read-only mapping of a regular file of the checked length.
-                unsafe { Mmap::map(&f.file) }.ctx("mmap", &f.path)
-            })
-            .collect::<Result<_>>()?;
+        for f in &self.files {
+            // Same file, same size (a truncated mapping would fault); closed at once.
+            self.reopen(&f.name, f.id)?;
+        }
         let tensor_records = self
             .manifest
             .files
             .iter()
             .filter(|r| r.role == FileRole::Tensors);
-        for ((f, map), rec) in self.files.iter().zip(&maps).zip(tensor_records) {
+        for (f, rec) in self.files.iter().zip(tensor_records) {
+            let map = f.pristine();
             let hlen = format::header_len(&f.path, map, map.len() as u64)?;
             if checksum::hash(&map[..hlen as usize]) != parse_hex(&f.path, "header", &rec.xxh3)? {
                 return Err(Error::corrupt(&f.path, None, "header checksum mismatch"));
@@ -411,10 +505,14 @@ impl Checkpoint {
             self.tensors
                 .par_iter()
                 .filter(|t| {
-                    checksum::hash(&maps[t.file][t.begin as usize..t.end as usize]) != t.xxh3
+                    let map = self.files[t.file].pristine();
+                    checksum::hash(&map[t.begin as usize..t.end as usize]) != t.xxh3
                 })
                 .collect()
         });
+        for f in &self.files {
+            f.release_pristine();
+        }
         if let Some(first) = bad.first() {
             let names: Vec<String> = bad
                 .iter()
@@ -439,18 +537,28 @@ impl Checkpoint {
             .files
             .iter()
             .filter(|r| r.role == FileRole::Index);
-        for (rec, held) in records.zip(&self.side_files) {
+        for (rec, side) in records.zip(&self.side_files) {
             let path = self.dir.join(&rec.name);
-            let reopened;
-            let file = match held {
-                Some(f) => f,
+            let read;
+            let (len, bytes): (u64, &[u8]) = match side {
+                Some(side) => {
+                    self.reopen(&rec.name, side.id)?;
+                    (side.id.len, side.map.as_deref().unwrap_or_default())
+                }
                 None => {
                     // Not there at open: open it again for the error (or the file).
-                    reopened = open_regular(&self.dir_fd, &self.dir, &rec.name)?;
-                    &reopened
+                    let file = open_regular(&self.dir_fd, &self.dir, &rec.name)?;
+                    let len = file.metadata().ctx("stat", &path)?.len();
+                    read = if len == rec.size && len <= MAX_SIDE_FILE_LEN {
+                        let mut buf = vec![0u8; len as usize];
+                        file.read_exact_at(&mut buf, 0).ctx("read", &path)?;
+                        buf
+                    } else {
+                        Vec::new()
+                    };
+                    (len, &read)
                 }
             };
-            let len = file.metadata().ctx("stat", &path)?.len();
             if len != rec.size {
                 return Err(Error::corrupt(
                     &path,
@@ -459,22 +567,26 @@ impl Checkpoint {
                 ));
             }
             // Side files are small JSON; the cap bounds what a hostile one makes us read.
-            if len > MAX_MANIFEST_LEN {
+            if len > MAX_SIDE_FILE_LEN {
                 return Err(Error::format(
                     &path,
-                    format!("side file is {len} bytes, over the {MAX_MANIFEST_LEN}-byte cap"),
+                    format!("side file is {len} bytes, over the {MAX_SIDE_FILE_LEN}-byte cap"),
                 ));
             }
-            let mut bytes = vec![0u8; len as usize];
-            file.read_exact_at(&mut bytes, 0).ctx("read", &path)?;
-            if checksum::to_hex(checksum::hash(&bytes)) != rec.xxh3 {
+            if checksum::to_hex(checksum::hash(bytes)) != rec.xxh3 {
                 return Err(Error::corrupt(&path, None, "checksum mismatch"));
             }
         }
+        let listed: HashSet<&str> = self
+            .manifest
+            .files
+            .iter()
+            .map(|f| f.name.as_str())
+            .collect();
         for entry in self.list_dir()? {
             let name = entry.ctx("list", &self.dir)?.file_name();
             let name = name.to_string_lossy();
-            if name != MANIFEST_NAME && !self.manifest.files.iter().any(|f| f.name == name) {
+            if name != MANIFEST_NAME && !listed.contains(&*name) {
                 return Err(Error::corrupt(
                     &self.dir.join(&*name),
                     None,

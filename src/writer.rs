@@ -1,23 +1,24 @@
-//! Saving: lay out the tensor files, stream each tensor from the caller's memory into
-//! its file (hashing each chunk as it is written, so every byte is read once), then
-//! write the manifest and commit.
+//! Saving: plan the files and the manifest (`save_plan`, which checks the limits),
+//! stream each tensor from the caller's memory into its file (hashing each chunk as it
+//! is written, so every byte is read once), then write the manifest and commit.
 
-use std::collections::HashSet;
 use std::fs::File;
 use std::io::IoSlice;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
+use serde_json::value::RawValue;
 
 use crate::checksum::{self, Hasher};
 use crate::commit::{self, Staging};
-use crate::dtype::{byte_len, Dtype};
+use crate::dtype::Dtype;
 use crate::error::{Error, IoContext, Result};
 use crate::fault;
-use crate::format::{self, FileLayout};
-use crate::manifest::{self, FileRecord, FileRole, Kind, Manifest, TensorRecord, MANIFEST_NAME};
+use crate::limits::MAX_OPEN_FILES;
+use crate::manifest::{self, Kind, MANIFEST_NAME};
 use crate::pool;
+use crate::save_plan::{self, Planned, PlannedFile};
 
 /// Bytes hashed and written per step: small enough to stay in L2 between the hash and
 /// the copy into the page cache.
@@ -63,101 +64,6 @@ impl Default for SaveOptions {
             max_shard_bytes: None,
         }
     }
-}
-
-/// A file to write: its layout and, per tensor, where the bytes come from.
-struct PlannedFile<'a> {
-    name: String,
-    group: &'a str,
-    layout: FileLayout,
-    sources: Vec<&'a TensorSource<'a>>,
-}
-
-fn validate(groups: &[GroupSource]) -> Result<()> {
-    let mut group_names = HashSet::new();
-    for g in groups {
-        if !manifest::is_valid_group(g.name) || !group_names.insert(g.name) {
-            return Err(Error::InvalidArgument(format!(
-                "invalid or repeated group name {:?}",
-                g.name
-            )));
-        }
-        let mut names = HashSet::new();
-        for t in &g.tensors {
-            if !names.insert(t.name) {
-                return Err(Error::InvalidArgument(format!(
-                    "duplicate tensor name {:?} in {:?}",
-                    t.name, g.name
-                )));
-            }
-            let need = byte_len(t.dtype, t.shape).ok_or_else(|| {
-                Error::InvalidArgument(format!(
-                    "tensor {:?}: shape {:?} overflows",
-                    t.name, t.shape
-                ))
-            })?;
-            if need != t.data.len() as u64 {
-                return Err(Error::InvalidArgument(format!(
-                    "tensor {:?}: {} {:?} needs {need} bytes, got {}",
-                    t.name,
-                    t.dtype,
-                    t.shape,
-                    t.data.len()
-                )));
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Splits a group into shards in save order.
-fn shard<'a>(g: &'a GroupSource<'a>, max: Option<u64>) -> Vec<Vec<&'a TensorSource<'a>>> {
-    let Some(max) = max else {
-        return vec![g.tensors.iter().collect()];
-    };
-    let mut shards: Vec<Vec<&TensorSource>> = vec![Vec::new()];
-    let mut used = 0u64;
-    for t in &g.tensors {
-        let n = t.data.len() as u64;
-        if used > 0 && used + n > max {
-            shards.push(Vec::new());
-            used = 0;
-        }
-        shards.last_mut().expect("non-empty").push(t);
-        used += n;
-    }
-    shards
-}
-
-fn plan_files<'a>(
-    groups: &'a [GroupSource<'a>],
-    opts: &SaveOptions,
-    checkpoint_id: &str,
-) -> Result<Vec<PlannedFile<'a>>> {
-    let mut files = Vec::new();
-    for g in groups {
-        let shards = shard(g, opts.max_shard_bytes);
-        let n = shards.len();
-        for (i, sources) in shards.into_iter().enumerate() {
-            let name = if n == 1 {
-                format!("{}.safetensors", g.name)
-            } else {
-                format!("{}-{:05}-of-{:05}.safetensors", g.name, i + 1, n)
-            };
-            let mut meta = g.header_metadata.clone();
-            meta.push(("ckptio.checkpoint_id".into(), checkpoint_id.into()));
-            let specs: Vec<(&str, Dtype, &[u64])> =
-                sources.iter().map(|t| (t.name, t.dtype, t.shape)).collect();
-            let layout = format::plan(&specs, &meta)?;
-            files.push(PlannedFile {
-                name,
-                group: g.name,
-                layout,
-                sources,
-            });
-        }
-    }
-    Ok(files)
 }
 
 /// Hashes and writes `data` at `offset`, one chunk at a time.
@@ -291,18 +197,8 @@ fn reserve(file: &File, path: &Path, len: u64) -> Result<()> {
     }
 }
 
-struct WrittenFile {
-    group: String,
-    record: FileRecord,
-    tensors: Vec<TensorRecord>,
-}
-
-fn write_files(
-    staging: &Staging,
-    files: &[PlannedFile],
-    durable: bool,
-) -> Result<Vec<WrittenFile>> {
-    // Open every file and write its header first, then stream all tensors in parallel.
+/// Creates the files of one window, reserves their blocks and writes their headers.
+fn create_files(staging: &Staging, files: &[PlannedFile]) -> Result<Vec<(File, PathBuf)>> {
     let mut handles = Vec::with_capacity(files.len());
     for f in files {
         let (file, path) = staging.create_file(&f.name)?;
@@ -311,177 +207,110 @@ fn write_files(
         handles.push((file, path));
         fault::point("file");
     }
-    let jobs = plan_jobs(files);
-    let hashes: Vec<((usize, usize), u64)> = jobs
-        .par_iter()
-        .map(|job| {
-            let (file, path) = &handles[job.file];
-            let f = &files[job.file];
-            let offset = f.layout.tensors[job.tensors[0]].begin;
-            let hashes = if let [ti] = job.tensors[..] {
-                vec![write_tensor(file, path, offset, f.sources[ti].data)?]
-            } else {
-                let datas: Vec<&[u8]> = job.tensors.iter().map(|&ti| f.sources[ti].data).collect();
-                write_batch(file, path, offset, &datas)?
-            };
-            Ok(job
-                .tensors
-                .iter()
-                .zip(hashes)
-                .map(|(&ti, h)| {
-                    fault::point("data");
-                    ((job.file, ti), h)
-                })
-                .collect::<Vec<_>>())
-        })
-        .collect::<Result<Vec<_>>>()?
-        .into_iter()
-        .flatten()
-        .collect();
-    fault::point("data_written");
-    if durable {
-        handles
-            .par_iter()
-            .try_for_each(|(file, path)| file.sync_all().ctx("fsync", path))?;
-    }
-    fault::point("files_synced");
-
-    let mut out: Vec<WrittenFile> = files
-        .iter()
-        .map(|f| WrittenFile {
-            group: f.group.to_owned(),
-            record: FileRecord {
-                name: f.name.clone(),
-                role: FileRole::Tensors,
-                size: f.layout.file_len,
-                xxh3: checksum::to_hex(checksum::hash(&f.layout.header)),
-            },
-            tensors: Vec::new(),
-        })
-        .collect();
-    let mut by_job = vec![Vec::new(); files.len()];
-    for ((fi, ti), h) in hashes {
-        by_job[fi].push((ti, h));
-    }
-    for (fi, mut hs) in by_job.into_iter().enumerate() {
-        hs.sort_unstable();
-        let f = &files[fi];
-        out[fi].tensors = hs
-            .into_iter()
-            .map(|(ti, h)| {
-                let t = &f.layout.tensors[ti];
-                TensorRecord {
-                    group: f.group.to_owned(),
-                    name: t.name.clone(),
-                    file: f.name.clone(),
-                    dtype: t.dtype.name().into(),
-                    shape: t.shape.clone(),
-                    byte_range: [t.begin, t.end],
-                    xxh3: checksum::to_hex(h),
-                }
-            })
-            .collect();
-    }
-    Ok(out)
+    Ok(handles)
 }
 
-/// Writes a small file in one go (manifest, shard index) and returns its record.
-fn write_small_file(
-    staging: &Staging,
-    name: &str,
-    bytes: &[u8],
-    durable: bool,
-) -> Result<FileRecord> {
+/// Writes every tensor file; returns each tensor's checksum, per file, in the order of
+/// the file's tensors. Files are written [`MAX_OPEN_FILES`] at a time (created, filled
+/// in parallel, fsynced, closed), so a save of thousands of shards stays within the
+/// process's descriptor limit.
+fn write_files(staging: &Staging, files: &[PlannedFile], durable: bool) -> Result<Vec<Vec<u64>>> {
+    let mut hashes: Vec<Vec<u64>> = files.iter().map(|f| vec![0; f.sources.len()]).collect();
+    let windows: Vec<(usize, &[PlannedFile])> = if files.is_empty() {
+        vec![(0, files)]
+    } else {
+        files
+            .chunks(MAX_OPEN_FILES)
+            .enumerate()
+            .map(|(w, chunk)| (w * MAX_OPEN_FILES, chunk))
+            .collect()
+    };
+    let last = windows.len() - 1;
+    for (w, &(first, window)) in windows.iter().enumerate() {
+        let handles = create_files(staging, window)?;
+        let done: Vec<Vec<((usize, usize), u64)>> = plan_jobs(window)
+            .par_iter()
+            .map(|job| {
+                let (file, path) = &handles[job.file];
+                let f = &window[job.file];
+                let offset = f.layout.tensors[job.tensors[0]].begin;
+                let hashes = if let [ti] = job.tensors[..] {
+                    vec![write_tensor(file, path, offset, f.sources[ti].data)?]
+                } else {
+                    let datas: Vec<&[u8]> =
+                        job.tensors.iter().map(|&ti| f.sources[ti].data).collect();
+                    write_batch(file, path, offset, &datas)?
+                };
+                Ok(job
+                    .tensors
+                    .iter()
+                    .zip(hashes)
+                    .map(|(&ti, h)| {
+                        fault::point("data");
+                        ((job.file, ti), h)
+                    })
+                    .collect())
+            })
+            .collect::<Result<_>>()?;
+        for ((fi, ti), h) in done.into_iter().flatten() {
+            hashes[first + fi][ti] = h;
+        }
+        if w == last {
+            fault::point("data_written");
+        }
+        if durable {
+            handles
+                .par_iter()
+                .try_for_each(|(file, path)| file.sync_all().ctx("fsync", path))?;
+        }
+    }
+    fault::point("files_synced");
+    Ok(hashes)
+}
+
+/// Writes a small file in one go (manifest, shard index).
+fn write_small_file(staging: &Staging, name: &str, bytes: &[u8], durable: bool) -> Result<()> {
     let (file, path) = staging.create_file(name)?;
     file.write_all_at(bytes, 0).ctx("write", &path)?;
     if durable {
         file.sync_all().ctx("fsync", &path)?;
     }
-    Ok(FileRecord {
-        name: name.to_owned(),
-        role: FileRole::Index,
-        size: bytes.len() as u64,
-        xxh3: checksum::to_hex(checksum::hash(bytes)),
-    })
-}
-
-/// The Hugging Face sharded-checkpoint index for one group.
-fn shard_index(group: &str, written: &[WrittenFile]) -> Option<(String, Vec<u8>)> {
-    let files: Vec<&WrittenFile> = written.iter().filter(|w| w.group == group).collect();
-    if files.len() < 2 {
-        return None;
-    }
-    let mut weight_map = serde_json::Map::new();
-    let mut total = 0u64;
-    for w in &files {
-        for t in &w.tensors {
-            total += t.byte_range[1] - t.byte_range[0];
-            weight_map.insert(t.name.clone(), w.record.name.clone().into());
-        }
-    }
-    let index = serde_json::json!({"metadata": {"total_size": total}, "weight_map": weight_map});
-    let mut bytes = serde_json::to_vec_pretty(&index).expect("index serializes");
-    bytes.push(b'\n');
-    Some((format!("{group}.safetensors.index.json"), bytes))
+    Ok(())
 }
 
 /// Saves a checkpoint directory at `target`.
 ///
 /// `user` is stored verbatim in the manifest (metadata, step, optimizer skeleton).
-/// On any error nothing is left behind and an existing checkpoint is untouched.
+/// Everything but the tensor data is planned first and checked against the reader's
+/// limits, so a save the reader would refuse fails before it touches the target. On
+/// any error nothing is left behind and an existing checkpoint is untouched.
 pub fn save(
     target: &Path,
     kind: Kind,
     groups: &[GroupSource],
-    user: Box<serde_json::value::RawValue>,
+    user: Box<RawValue>,
     opts: &SaveOptions,
 ) -> Result<()> {
-    validate(groups)?;
+    let Planned {
+        files,
+        indexes,
+        mut manifest,
+        locations,
+        manifest_len,
+    } = save_plan::plan(kind, groups, user, opts)?;
     let staging: Staging = commit::stage(target, opts.overwrite)?;
     fault::point("staged");
-    let checkpoint_id = checksum::to_hex(commit::nonce());
-    let files = plan_files(groups, opts, &checkpoint_id)?;
-    let written =
+    let hashes =
         pool::get(opts.threads)?.install(|| write_files(&staging, &files, opts.durable))?;
-
-    let mut file_records: Vec<FileRecord> = written.iter().map(|w| w.record.clone()).collect();
-    for g in groups {
-        if let Some((name, bytes)) = shard_index(g.name, &written) {
-            file_records.push(write_small_file(&staging, &name, &bytes, opts.durable)?);
-        }
+    for (name, bytes) in &indexes {
+        write_small_file(&staging, name, bytes, opts.durable)?;
     }
-    // Tensor records in the caller's order.
-    let mut tensors: Vec<TensorRecord> =
-        Vec::with_capacity(groups.iter().map(|g| g.tensors.len()).sum());
-    let mut by_key: std::collections::HashMap<(&str, &str), &TensorRecord> = written
-        .iter()
-        .flat_map(|w| w.tensors.iter())
-        .map(|t| ((t.group.as_str(), t.name.as_str()), t))
-        .collect();
-    for g in groups {
-        for t in &g.tensors {
-            let rec = by_key
-                .remove(&(g.name, t.name))
-                .expect("every tensor was written");
-            tensors.push(rec.clone());
-        }
+    for (rec, &(fi, ti)) in manifest.tensors.iter_mut().zip(&locations) {
+        rec.xxh3 = checksum::to_hex(hashes[fi][ti]);
     }
-    let manifest = Manifest {
-        format: manifest::FORMAT_NAME.into(),
-        format_version: manifest::FORMAT_VERSION,
-        kind,
-        checkpoint_id,
-        checksum: checksum::ALGORITHM.into(),
-        files: file_records,
-        tensors,
-        user,
-    };
-    write_small_file(
-        &staging,
-        MANIFEST_NAME,
-        &manifest::encode(&manifest),
-        opts.durable,
-    )?;
+    let bytes = manifest::encode(&manifest);
+    debug_assert_eq!(bytes.len(), manifest_len, "checked manifest length changed");
+    write_small_file(&staging, MANIFEST_NAME, &bytes, opts.durable)?;
     fault::point("manifest_written");
     staging.commit(opts.durable)
 }

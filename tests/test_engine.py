@@ -257,3 +257,116 @@ def test_copy_load_of_the_optimizer_state(tmp_path):
     assert type(back["s"]) is np.float32 and back["step"] == 4
     assert back["m"].flags.owndata and w["w"].flags.owndata  # fresh memory, not the mapping
     assert ckptio.load_state_with_optimizer(tmp_path / "ck").optimizer_state["m"].base is not None
+
+
+# -- file handles: a save and an open hold a bounded number of descriptors -----------
+_LOW_FD_LIMIT = """
+import os, resource, sys
+import numpy as np, ckptio
+resource.setrlimit(resource.RLIMIT_NOFILE, (256, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+"""
+
+
+def _tiny_shards(n: int) -> dict[str, np.ndarray]:
+    return {f"t{i}": np.array([i % 251, i // 251], np.uint8) for i in range(n)}
+
+
+def test_a_1500_shard_save_fits_in_256_file_handles(tmp_path):
+    code = """
+    path = sys.argv[1]
+    weights = {f"t{i}": np.array([i % 251, i // 251], np.uint8) for i in range(1500)}
+    ckptio.save_weights_for_sampler(path, weights, max_shard_bytes=2)
+    print(len(ckptio.open(path).files))
+    """
+    out = subprocess.run(
+        [sys.executable, "-c", _LOW_FD_LIMIT + textwrap.dedent(code), str(tmp_path / "ck")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["1500"]
+    loaded = ckptio.load_state(tmp_path / "ck")
+    assert all(loaded[k].tobytes() == v.tobytes() for k, v in _tiny_shards(1500).items())
+    ckptio.verify(tmp_path / "ck")
+
+
+def test_two_opens_of_a_1000_shard_checkpoint_fit_in_256_file_handles(tmp_path):
+    """Each open keeps one descriptor (its directory), not one per file; verify and
+    copy loads reopen files a window at a time."""
+    weights = _tiny_shards(1000)
+    ckptio.save_state(tmp_path / "ck", weights, {"m": weights}, max_shard_bytes=2, durable=False)
+    code = """
+    path = sys.argv[1]
+    a, b = ckptio.open(path), ckptio.open(path)
+    held = len(os.listdir("/proc/self/fd"))
+    a.verify()
+    b.verify()
+    copies = ckptio.load_state_with_optimizer(path, copy=True)
+    views = b.weights()
+    assert all(copies.weights[k].tobytes() == views[k].tobytes() for k in views)
+    print(len(a.files), held, len(os.listdir("/proc/self/fd")))
+    """
+    out = subprocess.run(
+        [sys.executable, "-c", _LOW_FD_LIMIT + textwrap.dedent(code), str(tmp_path / "ck")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    files, held, after = map(int, out.stdout.split())
+    assert files == 1000 + 1000  # model and optimizer shards
+    assert held < 64 and after < 64, (held, after)
+
+
+_CHANGED_AFTER_OPEN = """
+import json, os, shutil, sys
+import numpy as np, ckptio
+root = sys.argv[1]
+weights = {f"t{i}": np.full(1000, i, np.float32) for i in range(3)}
+out = {}
+for case in ["swapped", "truncated", "removed"]:
+    path = os.path.join(root, case)
+    ckptio.save_weights_for_sampler(path, weights, max_shard_bytes=4000)
+    ck = ckptio.open(path)
+    shard = os.path.join(path, ck.files[1])
+    if case == "swapped":  # the same bytes, another file
+        shutil.copyfile(shard, shard + ".new")
+        os.replace(shard + ".new", shard)
+    elif case == "truncated":
+        os.truncate(shard, 100)
+    else:  # as a save replacing the checkpoint does
+        shutil.rmtree(path)
+    for how in ["verify", "copy"]:
+        try:
+            if how == "verify":
+                ck.verify()
+            else:
+                got = ck.weights(copy=True)
+                assert all(got[k].tobytes() == v.tobytes() for k, v in weights.items())
+            out[f"{case}-{how}"] = None
+        except ckptio.CkptioError as e:
+            out[f"{case}-{how}"] = [type(e).__name__, e.file == shard, str(e)]
+print(json.dumps(out))
+"""
+
+
+def test_files_changed_after_open_are_named_and_removed_ones_still_read(tmp_path):
+    """verify and copy loads reopen each file by name: another file under the name, or
+    a size change, is corruption naming the file (never a read past a truncated
+    mapping, which would be SIGBUS: hence the child); a file removed since the open
+    (its checkpoint was replaced) is read from its mapping."""
+    out = subprocess.run(
+        [sys.executable, "-c", _CHANGED_AFTER_OPEN, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    r = json.loads(out.stdout)
+    for how in ["verify", "copy"]:
+        assert r[f"swapped-{how}"][:2] == ["CorruptCheckpointError", True], r
+        assert "replaced by another file since the checkpoint was opened" in r[f"swapped-{how}"][2]
+        assert r[f"truncated-{how}"][:2] == ["CorruptCheckpointError", True], r
+        assert "changed size since it was opened" in r[f"truncated-{how}"][2]
+        assert r[f"removed-{how}"] is None, r

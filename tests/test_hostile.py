@@ -17,7 +17,8 @@ import os
 import shutil
 import struct
 import subprocess
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -424,3 +425,267 @@ def test_manifest_resigning_is_faithful(tmp_path: Path) -> None:
     resign(ck)
     ckptio.verify(ck)
     assert xxh3_hex(b"") == "2d06800538d394c2"
+
+
+# -- the writer refuses what the reader would refuse ----------------------------------
+# Each save runs in a child (some build strings of hundreds of MiB) with overwrite=True
+# over a good checkpoint, which must survive untouched: same directory, same bytes.
+_SAVE_OVER_LIMIT = """
+import sys, numpy as np, ckptio
+path, case = sys.argv[1], sys.argv[2]
+weights, metadata = {"w": np.ones(3, np.float32)}, None
+if case == "metadata-too-deep":
+    for _ in range(200):
+        metadata = [metadata]
+elif case == "rank-65":
+    import torch
+    weights["r"] = torch.zeros([1] * 65)
+elif case == "header-over-cap":
+    weights["n" * (100 << 20)] = np.zeros(1, np.uint8)
+elif case == "metadata-over-cap":
+    metadata = "x" * (64 << 20)
+elif case == "manifest-over-cap":  # 3 shards: each header within its cap, not the manifest
+    weights = {c * (90 << 20): np.zeros(1, np.uint8) for c in "abc"}
+try:
+    ckptio.save_weights_for_sampler(
+        path, weights, metadata=metadata, overwrite=True, durable=False,
+        max_shard_bytes=1 if case == "manifest-over-cap" else None,
+    )
+    print("saved")
+except ValueError as e:
+    print(type(e).__name__, str(e)[:300])
+"""
+OVER_LIMIT = {
+    "metadata-too-deep": 'is 201 levels deep (200 in "metadata"), over the limit of 126',
+    "metadata-over-cap": 'in "metadata"), over the limit of 67108864',
+    "rank-65": "65 dimensions, more than the limit of 64",
+    "header-over-cap": "model.safetensors: its safetensors header would be",
+    "manifest-over-cap": "ckptio.json would be",
+}
+
+
+def _tree_bytes(path: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(path.iterdir())}
+
+
+@pytest.mark.parametrize("case", list(OVER_LIMIT))
+def test_save_refuses_what_open_would_refuse(tmp_path: Path, case: str) -> None:
+    path = _base(tmp_path / "ck", sharded=False)
+    before, inode = _tree_bytes(path), path.stat().st_ino
+    out = run_python(_SAVE_OVER_LIMIT, str(path), case, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.startswith("ValueError"), out.stdout  # "saved" before the limits
+    assert OVER_LIMIT[case] in out.stdout, out.stdout
+    assert path.stat().st_ino == inode and _tree_bytes(path) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"], "a leftover of the failed save"
+    ckptio.verify(path)
+    assert ckptio.open(path).step == 1
+
+
+def test_deepest_optimizer_tree_the_python_layer_accepts_saves_and_opens(tmp_path: Path) -> None:
+    """The Python layer's depth limit (_tree.MAX_DEPTH) lies within the core's: the
+    deepest tree it flattens (int keys, the costliest nesting) opens again, exactly."""
+    from ckptio._tree import MAX_DEPTH
+
+    tree: Any = {7: {}, 8: np.arange(2.0)}  # its values sit MAX_DEPTH levels down
+    for _ in range(MAX_DEPTH - 1):
+        tree = {7: tree}
+    ckptio.save_state(tmp_path / "ck", {"w": np.ones(1)}, tree, metadata=[[[[1]]]])
+    back = ckptio.load_state_with_optimizer(tmp_path / "ck").optimizer_state
+    for _ in range(MAX_DEPTH - 1):
+        back = back[7]
+    assert back[7] == {} and back[8].tolist() == [0.0, 1.0]
+    with pytest.raises(ValueError, match="nested deeper"):
+        ckptio.save_state(tmp_path / "deeper", {"w": np.ones(1)}, {7: tree})
+
+
+# -- linear checks on huge manifests ------------------------------------------------
+MANY = 160_000
+_TIMED_OPEN = """
+import sys, time, ckptio
+t0 = time.monotonic()
+try:
+    ck = ckptio.open(sys.argv[1])
+    if sys.argv[2] == "verify":
+        ck.verify()
+    print("ok", time.monotonic() - t0)
+except ckptio.CkptioError as e:
+    print(type(e).__name__, time.monotonic() - t0, str(e)[:300])
+"""
+
+
+def _timed_open(path: Path, stage: str) -> tuple[str, float, str]:
+    """(outcome, seconds, message) of an open (+ verify) in a child; a child that
+    takes more than a minute (quadratic checks: about 64 s) fails the test."""
+    try:
+        out = run_python(_TIMED_OPEN, str(path), stage, timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{stage} of {path} took over 60 s")
+    assert out.returncode == 0, out.stderr[-2000:]
+    outcome, seconds, *message = out.stdout.split(" ", 2)
+    return outcome, float(seconds), " ".join(message)
+
+
+def test_open_of_a_manifest_listing_160k_files_and_tensors_is_linear(tmp_path: Path) -> None:
+    """Every tensor names the last of 160,000 listed files: a structure check that
+    scans the file list per tensor takes about a minute; a linear one, well under a
+    second. The open is then refused at the first file, which does not exist."""
+    ck = _base(tmp_path / "ck", sharded=False)
+    m = read_manifest(ck)
+    files = [
+        {"name": f"f{i:06d}.safetensors", "role": "tensors", "size": 64, "xxh3": "0" * 16}
+        for i in range(MANY)
+    ]
+    last = files[-1]["name"]
+    tensor = {
+        "group": "model",
+        "file": last,
+        "dtype": "U8",
+        "shape": [1],
+        "byte_range": [8, 9],
+        "xxh3": "0" * 16,
+    }
+    m["files"] = files
+    m["tensors"] = [{**tensor, "name": f"t{i}"} for i in range(MANY)]
+    write_manifest(ck, m)
+    outcome, seconds, message = _timed_open(ck, "open")
+    assert outcome == "CorruptCheckpointError" and "f000000.safetensors" in message, message
+    assert seconds < 10, f"open took {seconds:.1f} s"
+
+
+@pytest.fixture
+def fast_tmp(tmp_path: Path) -> Iterator[Path]:
+    """A temporary directory in memory (/dev/shm) where there is one: creating tens of
+    thousands of files there takes a second instead of half a minute."""
+    if not os.access("/dev/shm", os.W_OK):
+        yield tmp_path
+        return
+    root = Path(tempfile.mkdtemp(prefix="ckptio-test-", dir="/dev/shm"))
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root)
+
+
+def test_verify_of_a_checkpoint_listing_50k_files_is_linear(fast_tmp: Path) -> None:
+    """A valid checkpoint that lists 50,000 (empty) side files opens and verifies:
+    an open holds no descriptor per file (the usual limit is 1,024), and the
+    unexpected-file check looks each directory entry up in a set, not in the list."""
+    ck = _base(fast_tmp / "ck", sharded=False)
+    m = read_manifest(ck)
+    empty = xxh3_hex(b"")
+    for i in range(50_000):
+        name = f"i{i:06d}.json"
+        os.close(os.open(ck / name, os.O_CREAT | os.O_WRONLY, 0o644))
+        m["files"].append({"name": name, "role": "index", "size": 0, "xxh3": empty})
+    write_manifest(ck, m)
+    outcome, seconds, message = _timed_open(ck, "verify")
+    assert outcome == "ok", message
+    assert seconds < 10, f"open + verify took {seconds:.1f} s"
+
+
+# -- memory amplification of the manifest's user section ----------------------------
+_OPEN_AMPLIFIER = """
+import json, os, resource, sys, time, xxhash
+import ckptio
+path, mib, count, wide = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "wide"
+
+def status(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) << 10
+
+# The good manifest with user.metadata = [{}, {}, ...] (`count` dicts, or `mib` MiB of
+# them), or a `mib` MiB string with one wide character; written and signed in chunks so
+# crafting it costs this process little memory.
+m = json.loads(open(os.path.join(path, "ckptio.json"), "rb").read())["manifest"]
+if count < 0:  # fill the value budget (MAX_USER_NODES in src/limits.rs)
+    def values(v):
+        items = v.items() if isinstance(v, dict) else enumerate(v) if isinstance(v, list) else ()
+        return 1 + sum(isinstance(v, dict) + values(x) for _, x in items)
+    m["user"]["metadata"] = []
+    count = (8 << 20) - values(m["user"])
+m["user"]["metadata"] = "@@"
+head, tail = json.dumps(m).encode().split(b'"@@"')
+n = count or (mib << 20) // 3
+chunk = b"{}," * (1 << 16)
+pieces = [head, b"["] + [chunk] * ((n - 1) >> 16) + [b"{}," * ((n - 1) & 0xFFFF), b"{}]", tail]
+if wide:
+    pieces = [head, '"\U0001f600'.encode()] + [b"a" * (1 << 20)] * mib + [b'"', tail]
+h = xxhash.xxh3_64()
+with open(os.path.join(path, "ckptio.json"), "wb") as f:
+    f.write(b'{"manifest":')
+    for p in pieces:
+        h.update(p)
+        f.write(p)
+    f.write(b',"manifest_xxh3":"' + h.hexdigest().encode() + b'"}')
+size = os.path.getsize(os.path.join(path, "ckptio.json"))
+del pieces, chunk
+
+open("/proc/self/clear_refs", "w").write("5")  # peak RSS := current RSS
+before = status("VmHWM")
+# A cap well above any bounded open, well below the unbounded one (26x the file), so a
+# regression fails fast instead of swapping the machine.
+resource.setrlimit(resource.RLIMIT_AS, (status("VmSize") + (3 << 30), resource.RLIM_INFINITY))
+t0 = time.monotonic()
+try:
+    ck = ckptio.open(path)
+    len(ck.metadata)
+    out = {"error": None}
+except (ckptio.CkptioError, MemoryError) as e:
+    out = {"error": type(e).__name__, "message": str(e)[:500], "file": getattr(e, "file", None)}
+out.update(size=size, growth=status("VmHWM") - before, seconds=time.monotonic() - t0)
+print(json.dumps(out))
+"""
+
+
+def _open_amplifier(path: Path, *, mib: int = 0, count: int = 0, wide: bool = False) -> dict[str, Any]:
+    out = run_python(_OPEN_AMPLIFIER, str(path), str(mib), str(count), "wide" if wide else "", timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout)
+
+
+def test_a_250mib_manifest_of_empty_dicts_is_refused_with_bounded_memory(tmp_path: Path) -> None:
+    """87 million `{}` in the user section: Python's json would build 6.4 GiB of dicts
+    (26x the file). The core refuses the section by its size before anything parses
+    it; the open costs about twice the file (its bytes, and the user section)."""
+    ck = _base(tmp_path / "ck", sharded=False)
+    r = _open_amplifier(ck, mib=250)
+    assert r["error"] == "FormatError", r
+    assert "user section" in r["message"] and r["file"] == str(ck / MANIFEST), r
+    assert r["growth"] < 4 * r["size"], (
+        f"peak RSS grew {r['growth'] >> 20} MiB for a {r['size'] >> 20} MiB file"
+    )
+
+
+def test_a_user_section_denser_than_the_value_budget_is_refused_with_bounded_memory(tmp_path: Path) -> None:
+    """60 MiB of `{}`: within the user section's byte cap, over its value budget."""
+    ck = _base(tmp_path / "ck", sharded=False)
+    r = _open_amplifier(ck, mib=60)
+    assert r["error"] == "FormatError", r
+    assert "JSON values" in r["message"] and r["file"] == str(ck / MANIFEST), r
+    assert r["growth"] < 4 * r["size"], (
+        f"peak RSS grew {r['growth'] >> 20} MiB for a {r['size'] >> 20} MiB file"
+    )
+
+
+def test_the_densest_user_section_within_the_limits_opens_in_bounded_memory(tmp_path: Path) -> None:
+    """The value budget filled with `{}` (the costliest value for Python's json) opens,
+    at the worst-case cost that docs/GUARANTEES.md states (about 0.65 GiB)."""
+    ck = _base(tmp_path / "ck", sharded=False)
+    r = _open_amplifier(ck, count=-1)
+    assert r["error"] is None, r
+    assert r["growth"] < 1 << 30, f"peak RSS grew {r['growth'] >> 20} MiB"
+
+
+def test_a_250mib_manifest_of_one_wide_string_is_refused_with_bounded_memory(tmp_path: Path) -> None:
+    """One string of 250 million characters, one of them beyond U+FFFF: Python would
+    hold it at 4 bytes a character, beside copies of the text (9x the file). The core
+    refuses a user section over its own cap, below the manifest's."""
+    ck = _base(tmp_path / "ck", sharded=False)
+    r = _open_amplifier(ck, mib=250, wide=True)
+    assert r["error"] == "FormatError", r
+    assert "bytes, more than the limit" in r["message"] and r["file"] == str(ck / MANIFEST), r
+    assert r["growth"] < 4 * r["size"], (
+        f"peak RSS grew {r['growth'] >> 20} MiB for a {r['size'] >> 20} MiB file"
+    )
