@@ -8,8 +8,10 @@ checksums, fsyncs and commit run in a background thread.
 - The staging buffer of a finished save is kept for the next one (one buffer, the
   largest), so a training loop that saves every N steps pays the page faults of a
   fresh allocation once; ``release_staging_memory()`` frees it.
-- ``snapshot=False``: no copy; the caller promises not to change the tensors until
-  the future is done.
+- ``snapshot=False``: no copy; the caller promises not to change the tensors' values
+  until the future is done. The save holds the tensors' storages until then, so
+  rebinding ``p.data`` meanwhile is safe (the old values are saved); a storage resized
+  before the write starts makes the save fail cleanly.
 - Saves to one target run one at a time, in call order: a second save to a path whose
   previous async save is still running is snapshotted at once and then waits, in the
   background, for the first to finish. The caller never waits for it.
@@ -109,7 +111,11 @@ def _run(plan: SavePlan, future: SaveFuture, previous: SaveFuture | None, stagin
 
 def _submit(plan: SavePlan, snapshot: bool) -> SaveFuture:
     global _executor
-    staging = plan.snapshot(_take_staging(plan.staging_bytes())) if snapshot else None
+    staging = None
+    if snapshot:
+        staging = plan.snapshot(_take_staging(plan.staging_bytes()))
+    else:
+        plan.hold_storages()
     future = SaveFuture(plan.path)
     key = os.path.abspath(plan.path)
     with _lock:
