@@ -15,7 +15,7 @@ import numpy as np
 from . import _core
 from ._gc import gc_paused
 from ._tensors import SameViews, as_saveable, is_torch_tensor
-from ._tree import flatten
+from ._tree import flatten, int_json
 from .checkpoint import OPTIMIZER, WEIGHTS
 
 PathLike = str | os.PathLike[str]
@@ -57,7 +57,7 @@ def _user_section(metadata: Any, step: Any, skeleton: Any, weights: _Rows) -> st
     if step is not None:
         if isinstance(step, bool) or not hasattr(step, "__index__"):
             raise TypeError(f"step must be an int or None, got {type(step).__name__}")
-        step = int(step)
+        step = int_json(int(step))
     try:
         meta_json = json.dumps(metadata, allow_nan=False)
     except (TypeError, ValueError) as e:
