@@ -18,6 +18,8 @@ checksums, fsyncs and commit run in a background thread.
 - At interpreter exit, pending saves are completed (the worker threads are joined) and
   any failure nobody looked at is reported on stderr. A process killed mid-save leaves
   the previous checkpoint intact: commits are atomic.
+- A child made by ``fork`` (multiprocessing's default start method on Linux) starts
+  with no pending saves and new worker threads: the parent's saves stay the parent's.
 """
 
 from __future__ import annotations
@@ -204,6 +206,21 @@ def wait_for_saves(timeout: float | None = None) -> list[Path]:
         pending = [f for f in _all if not f.done() or not f._observed]
     wait_futures(pending, timeout=timeout)
     return [f.result(timeout=0) for f in pending]
+
+
+def _start_afresh_in_child() -> None:
+    """After ``fork``: the child has none of the parent's worker threads, and the lock
+    may have been held by one of them. Pending saves are the parent's to finish; the
+    child starts with no executor, a new lock and no saves of its own."""
+    global _lock, _executor
+    _lock = threading.Lock()
+    _executor = None  # the parent's, whose threads do not exist here: never shut down
+    _last_by_target.clear()
+    _all.clear()
+    _spare_staging.clear()
+
+
+os.register_at_fork(after_in_child=_start_afresh_in_child)
 
 
 def _report_unobserved_failures() -> None:
