@@ -51,7 +51,14 @@ struct Torch<'py> {
 }
 
 impl<'py> Torch<'py> {
-    fn find(py: Python<'py>) -> PyResult<Option<Self>> {
+    /// The imported torch, if any. Anything unexpected (no torch, one still importing,
+    /// a stand-in module under the name) means no tensors are accepted: they are then
+    /// refused as objects without a buffer, never read unchecked.
+    fn find(py: Python<'py>) -> Option<Self> {
+        Self::lookup(py).ok().flatten()
+    }
+
+    fn lookup(py: Python<'py>) -> PyResult<Option<Self>> {
         let modules = py
             .import(intern!(py, "sys"))?
             .getattr(intern!(py, "modules"))?;
@@ -59,7 +66,6 @@ impl<'py> Torch<'py> {
             Ok(torch) if !torch.is_none() => torch,
             _ => return Ok(None),
         };
-        // A torch still importing may lack these; it has no tensors yet.
         let (Ok(tensor), Ok(storage)) = (
             torch.getattr("Tensor"),
             torch.getattr("_C").and_then(|c| c.getattr("StorageBase")),
@@ -156,7 +162,7 @@ pub(crate) struct Sources<'py> {
 impl<'py> Sources<'py> {
     pub fn new(py: Python<'py>) -> PyResult<Self> {
         Ok(Sources {
-            torch: Torch::find(py)?,
+            torch: Torch::find(py),
             _gc: GcPaused::new(py),
         })
     }
