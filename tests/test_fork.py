@@ -86,15 +86,8 @@ print("ok", flush=True)
 """
 
 
-# The async executor (a Python ThreadPoolExecutor in async_save.py) is made fork-safe
-# by a separate change; until it lands, its child hangs in ``result()``.
-ASYNC_EXECUTOR = pytest.mark.xfail(reason="async_save's executor is not fork-safe yet (issue 10, part A)")
-
-
 @pytest.mark.parametrize("mode", ["idle", "busy"])
-@pytest.mark.parametrize(
-    "kind", [pytest.param(k, marks=ASYNC_EXECUTOR) if k == "async_save" else k for k in KINDS]
-)
+@pytest.mark.parametrize("kind", KINDS)
 def test_forked_child_can_use_ckptio(tmp_path: Path, kind: str, mode: str) -> None:
     """``idle``: one fork after the parent used every kind of operation. ``busy``:
     eight forks while another thread of the parent saves and verifies, so the fork may

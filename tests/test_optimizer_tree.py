@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import struct
 from collections import OrderedDict
@@ -114,6 +115,43 @@ def test_shared_optimizer_arrays_are_stored_once_and_share_memory(ckpt_path):
     assert len([t for t in ck.tensors if t.group == "optimizer"]) == 2
     back = ck.optimizer_state()
     assert np.shares_memory(back["a"], back["b"]) and not np.shares_memory(back["a"], back["c"])
+
+
+def test_views_of_one_memory_that_differ_in_sign_are_stored_apart(ckpt_path):
+    import torch
+
+    c = torch.tensor([1 + 2j, 3 + 4j])
+    tree = {"imag": c.imag, "conj_imag": c.conj().imag, "imag_again": c.imag}
+    ckptio.save_state(ckpt_path, {}, tree)
+    ck = ckptio.open(ckpt_path)
+    assert len([t for t in ck.tensors if t.group == "optimizer"]) == 2  # a true tie: once
+    back = ck.optimizer_state()
+    assert back["imag"].tolist() == [2.0, 4.0]
+    assert back["conj_imag"].tolist() == [-2.0, -4.0]
+    assert back["imag_again"].data_ptr() == back["imag"].data_ptr()  # one stored tensor
+
+
+HUGE = 10**10000  # over Python's int_max_str_digits (4,300): no decimal text for it
+
+
+@pytest.mark.parametrize("sign", [1, -1], ids=["positive", "negative"])
+def test_ints_of_any_size_round_trip_in_the_tree_and_as_step(ckpt_path, sign):
+    big = sign * (HUGE + 12345)
+    tree = {"big": big, "keys": {big: "int key", 7: "small key"}, "list": [big, -big, 1200]}
+    ckptio.save_state(ckpt_path, {"w": np.zeros(1)}, tree, step=big)
+    back = ckptio.load_state_with_optimizer(ckpt_path)
+    assert _identical(back.optimizer_state, tree)
+    assert back.step == big and ckptio.open(ckpt_path).step == big
+
+
+def test_ints_keep_their_decimal_form_unless_too_big(ckpt_path):
+    # Older readers parse decimal ints; only what they could never read is written in hex.
+    ckptio.save_state(ckpt_path, {}, {"step": 1200, "big": 2**200, "huge": -(2**7000)}, step=1200)
+    user = json.loads((ckpt_path / "ckptio.json").read_text())["manifest"]["user"]
+    assert user["step"] == 1200
+    nodes = dict((k, v) for k, v in user["optimizer"]["dict"])
+    assert nodes["step"] == {"int": "1200"} and nodes["big"] == {"int": str(2**200)}
+    assert nodes["huge"] == {"int": hex(-(2**7000))}
 
 
 def test_sampler_checkpoint_has_no_optimizer_state(ckpt_path):

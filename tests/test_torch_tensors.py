@@ -101,7 +101,7 @@ def test_cpu_tensors_are_saved_from_their_own_memory():
 
     t = torch.arange(10, dtype=torch.float64)
     saveable = as_saveable("t", t)
-    assert saveable.borrowed and saveable.data == (t.data_ptr(), t.nbytes)
+    assert saveable.borrowed and saveable.data is t  # the binding reads t's storage in place
 
 
 def test_parameters_that_require_grad_are_saved_as_their_values(ckpt_path):
@@ -181,3 +181,17 @@ except ImportError as e:
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+def test_views_of_one_memory_that_differ_in_sign_are_stored_apart(ckpt_path):
+    # c.imag and c.conj().imag start at the same address with the same dtype, shape and
+    # strides; only the neg bit tells them apart. Tied-weight folding must not merge them.
+    c = torch.tensor([1 + 2j, 3 + 4j])
+    weights = {"imag": c.imag, "conj_imag": c.conj().imag, "imag_again": c.imag}
+    assert weights["imag"].data_ptr() == weights["conj_imag"].data_ptr()
+    ckptio.save_weights_for_sampler(ckpt_path, weights)
+    loaded = ckptio.torch.load_weights(ckpt_path)
+    assert loaded["imag"].tolist() == [2.0, 4.0]
+    assert loaded["conj_imag"].tolist() == [-2.0, -4.0]
+    assert loaded["imag_again"] is loaded["imag"]  # a true tie is still stored once
+    assert len(ckptio.open(ckpt_path).tensors) == 2

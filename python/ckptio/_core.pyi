@@ -2,7 +2,7 @@
 
 from collections.abc import Sequence
 from os import PathLike
-from typing import final
+from typing import Any, Protocol, final
 
 from typing_extensions import Buffer
 
@@ -17,11 +17,19 @@ __all__ = [
     "save",
 ]
 
+class _TorchTensor(Protocol):
+    def untyped_storage(self) -> Any: ...
+    def data_ptr(self) -> int: ...
+
 FORMAT_VERSION: int
 CHECKSUM_ALGORITHM: str
 
-# (name, safetensors dtype, shape, C-contiguous buffer of the tensor's bytes)
-_Tensor = tuple[str, str, Sequence[int], Buffer]
+# The bytes of a tensor to read: an object exporting a C-contiguous buffer, or a
+# contiguous CPU torch.Tensor (the binding checks that its bytes lie in its CPU storage
+# and holds the storage for the call). Never a raw address.
+_Source = Buffer | _TorchTensor
+# (name, safetensors dtype, shape, source of the tensor's bytes)
+_Tensor = tuple[str, str, Sequence[int], _Source]
 # (group name, tensors, safetensors __metadata__ entries)
 _Group = tuple[str, Sequence[_Tensor], Sequence[tuple[str, str]]]
 
@@ -41,9 +49,12 @@ def save(
 def open(path: str | PathLike[str]) -> Checkpoint:
     """Reads and checks the manifest and every header, maps the files privately."""
 
-def copy_into(pairs: Sequence[tuple[Buffer, Buffer]], threads: int = 0) -> None:
-    """Copies each source buffer into its (writable, same-size) destination, in
-    parallel, with the GIL released."""
+def copy_into(
+    pairs: Sequence[tuple[_Source, Buffer]], threads: int = 0, *, names: Sequence[str] | None = None
+) -> None:
+    """Copies each source into its (writable, same-size) destination buffer, in
+    parallel, with the GIL released. Destinations may not overlap each other or a
+    source. ``names`` (one per pair) name the tensors in errors."""
 
 def cleanup(directory: str | PathLike[str]) -> tuple[list[str], list[tuple[str, str]]]:
     """Removes leftovers of dead saves in ``directory``; returns their paths, and the
@@ -64,8 +75,9 @@ class Checkpoint:
     def file(self, index: int) -> MappedFile: ...
     def verify(self, threads: int = 0) -> None: ...
     def read_into(self, jobs: Sequence[tuple[int, Buffer]], verify: bool = True, threads: int = 0) -> None:
-        """Reads tensors (by index in ``tensors()``) into writable buffers with parallel
-        positional reads, checking each tensor's checksum when ``verify``."""
+        """Reads tensors (by index in ``tensors()``) into writable, non-overlapping
+        buffers with parallel positional reads, checking each tensor's checksum when
+        ``verify``."""
     def prefetch(self) -> None: ...
 
 @final

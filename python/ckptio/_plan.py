@@ -14,8 +14,8 @@ import numpy as np
 
 from . import _core
 from ._gc import gc_paused
-from ._tensors import as_saveable, is_torch_tensor, storage_key
-from ._tree import flatten
+from ._tensors import SameViews, as_saveable, is_torch_tensor
+from ._tree import flatten, int_json
 from .checkpoint import OPTIMIZER, WEIGHTS
 
 PathLike = str | os.PathLike[str]
@@ -26,7 +26,7 @@ class _Row(NamedTuple):
     name: str
     dtype: str
     shape: tuple[int, ...]
-    data: Any  # buffer, or (address, nbytes) kept alive by ``owner``
+    data: Any  # a buffer or a CPU torch tensor (the binding checks and holds its memory)
     nbytes: int
     owner: Any
     borrowed: bool  # still the caller's memory
@@ -42,16 +42,13 @@ def _rows(items: Any, *, fold_tied: bool) -> _Rows:
     rows: list[_Row] = []
     aliases: list[tuple[str, str]] = []
     order: list[str] = []
-    stored: dict[tuple[Any, ...], str] = {}
+    views = SameViews()
     for name, value in items:
-        key = storage_key(value) if fold_tied and isinstance(name, str) else None
-        if key is not None and key in stored:  # tied weights: same memory, store once
-            aliases.append((name, stored[key]))
+        tied = views.find_or_add(value, name) if fold_tied and isinstance(name, str) else None
+        if tied is not None:  # tied weights: the same view of the same memory, store once
+            aliases.append((name, tied))
         else:
-            s = as_saveable(name, value)
-            rows.append(_Row(name, *s))
-            if key is not None:
-                stored[key] = name
+            rows.append(_Row(name, *as_saveable(name, value)))
         order.append(name)
     return _Rows(rows, aliases, order)
 
@@ -60,7 +57,7 @@ def _user_section(metadata: Any, step: Any, skeleton: Any, weights: _Rows) -> st
     if step is not None:
         if isinstance(step, bool) or not hasattr(step, "__index__"):
             raise TypeError(f"step must be an int or None, got {type(step).__name__}")
-        step = int(step)
+        step = int_json(int(step))
     try:
         meta_json = json.dumps(metadata, allow_nan=False)
     except (TypeError, ValueError) as e:
@@ -128,17 +125,28 @@ class SavePlan:
         need = self.staging_bytes()
         if staging is None or len(staging) < need:
             staging = np.empty(need, np.uint8)
-        pairs, offset = [], 0
+        pairs, names, offset = [], [], 0
         for _, rows, _ in self.groups:
             for i, row in enumerate(rows):
                 if row.borrowed:
                     n = row.nbytes
                     copy = staging[offset : offset + n]
                     pairs.append((row.data, copy))
+                    names.append(row.name)
                     rows[i] = row._replace(data=copy, owner=staging, borrowed=False)
                     offset += -(-n // _ALIGN) * _ALIGN
-        _core.copy_into(pairs, self.threads)
+        _core.copy_into(pairs, self.threads, names=names)
         return staging
+
+    def hold_storages(self) -> None:
+        """For a write that runs later without a snapshot: each borrowed torch tensor is
+        replaced by a new tensor over the same storage, so a caller who then rebinds
+        ``p.data`` neither frees the memory the write reads nor changes what it saves.
+        (The binding checks each storage again when the write starts.)"""
+        for _, rows, _ in self.groups:
+            for i, row in enumerate(rows):
+                if row.borrowed and is_torch_tensor(row.data):
+                    rows[i] = row._replace(data=row.data.detach())
 
     def write(self) -> Path:
         """Writes and commits the checkpoint (GIL released inside the core)."""

@@ -1,7 +1,9 @@
-"""Turning caller arrays into (dtype, shape, byte buffer) without copying.
+"""Turning caller arrays into (dtype, shape, byte source) without copying.
 
-numpy arrays and CPU torch tensors are passed to the core as byte views of their own
-memory. Only non-contiguous, big-endian or device (CUDA) tensors are copied first.
+numpy arrays are passed to the core as buffers of their own memory, CPU torch tensors
+as the tensors themselves: the binding checks that their bytes lie in a CPU storage and
+holds that storage while it reads. Only non-contiguous, big-endian, conj/neg-view or
+device (CUDA) tensors are copied first.
 """
 
 from __future__ import annotations
@@ -17,9 +19,9 @@ from ._dtypes import numpy_to_st, supported_numpy_names, torch_to_st
 class Saveable(NamedTuple):
     dtype: str
     shape: tuple[int, ...]
-    data: Any  # an object exporting a C-contiguous buffer, or (address, nbytes) of owner's memory
+    data: Any  # an object exporting a C-contiguous buffer, or a contiguous CPU torch tensor
     nbytes: int
-    owner: Any  # keeps ``data``'s memory alive while the save runs
+    owner: Any  # the caller's object (or the private copy) behind ``data``
     borrowed: bool  # True: ``data`` is the caller's memory; False: a private copy
 
 
@@ -27,11 +29,20 @@ _TORCH_TYPES: set[type] = set()  # tensor classes seen (Tensor, Parameter, subcl
 
 
 def is_torch_tensor(value: Any) -> bool:
-    # No import: torch stays optional and is only touched when the caller uses it.
+    """Is ``value`` a torch tensor? Decided by type (``torch.Tensor`` or a subclass),
+    and only once the caller has imported torch: torch stays optional and is never
+    imported here.
+
+    Example:
+        >>> is_torch_tensor(np.zeros(2))
+        False
+    """
     t = type(value)
     if t in _TORCH_TYPES:
         return True
-    if t.__module__.startswith("torch") and hasattr(value, "untyped_storage"):
+    torch = sys.modules.get("torch")
+    tensor = getattr(torch, "Tensor", None)  # None while torch is still importing
+    if isinstance(tensor, type) and issubclass(t, tensor):  # type(value): no __class__ spoofing
         _TORCH_TYPES.add(t)
         return True
     return False
@@ -76,31 +87,80 @@ def _torch(name: str, t: Any) -> Saveable:
     if t.layout != torch.strided:
         raise TypeError(f"tensor {name!r}: only dense (strided) torch tensors can be saved, got {t.layout}")
     if t.is_cpu and t.is_contiguous() and not t.is_conj() and not t.is_neg():
-        # The common case: the core reads the tensor's own memory, kept alive by ``t``.
-        return Saveable(st, tuple(t.shape), (t.data_ptr(), t.nbytes), t.nbytes, t, True)
-    t = t.detach()
-    if not t.is_cpu:
-        t = t.to("cpu")  # device tensors are copied to host (the only copy made)
-    t = t.resolve_conj().resolve_neg().contiguous()
-    return Saveable(st, tuple(t.shape), (t.data_ptr(), t.nbytes), t.nbytes, t, False)
+        # The common case: the binding checks the tensor's storage and reads it in place.
+        return Saveable(st, tuple(t.shape), t, t.nbytes, t, True)
+    if t.is_meta:
+        raise ValueError(f"tensor {name!r}: a meta tensor has no data to save")
+    try:
+        t = t.detach()
+        if not t.is_cpu:
+            t = t.to("cpu")  # device tensors are copied to host (the only copy made)
+        t = t.resolve_conj().resolve_neg().contiguous()
+    except (RuntimeError, NotImplementedError) as e:
+        raise ValueError(f"tensor {name!r}: cannot copy it to CPU memory: {e}") from e
+    return Saveable(st, tuple(t.shape), t, t.nbytes, t, False)
+
+
+def _address(value: Any) -> int | None:
+    """Where a tensor's data starts; None for empty tensors, whose pointer means nothing."""
+    if is_torch_tensor(value):
+        return int(value.data_ptr()) if value.numel() else None
+    if isinstance(value, np.ndarray) and value.size:
+        return int(value.__array_interface__["data"][0])
+    return None
 
 
 def storage_key(value: Any) -> tuple[Any, ...] | None:
-    """Identifies the memory a tensor views: equal keys mean the same bytes (tied
-    weights). None for empty tensors, whose data pointer means nothing.
+    """Identifies the exact view of memory a tensor is: equal keys mean the same values
+    (tied weights), so one can be stored for both. A torch key covers everything that
+    changes what the bytes mean: address, dtype, shape, strides, storage offset, the
+    conj and neg bits (``c.imag`` and ``c.conj().imag`` share memory but differ in sign)
+    and device. None for empty tensors, whose data pointer means nothing.
 
     Example:
         >>> a = np.zeros(3)
         >>> storage_key(a) == storage_key(a[:]), storage_key(a) == storage_key(a.copy())
         (True, False)
     """
-    if is_torch_tensor(value):
-        if not value.numel():
+    address = _address(value)
+    if address is None:
+        return None
+    if isinstance(value, np.ndarray):
+        return ("numpy", address, value.dtype.str, value.shape, value.strides)
+    return (
+        "torch", address, value.dtype, tuple(value.shape), value.stride(), value.storage_offset(),
+        value.is_conj(), value.is_neg(), value.device,
+    )  # fmt: skip
+
+
+class SameViews:
+    """Finds, among the tensors added so far, one that is the exact same view as a new
+    one (equal ``storage_key``). Cheap per tensor: only the address is read, and full
+    keys are compared only between tensors that start at the same address.
+
+    Example:
+        >>> a = np.arange(4.0); views = SameViews()
+        >>> views.find_or_add(a, "a"), views.find_or_add(a[:], "b"), views.find_or_add(a[::2], "c")
+        (None, 'a', None)
+    """
+
+    def __init__(self) -> None:
+        self._at: dict[int, list[tuple[Any, str]]] = {}
+
+    def find_or_add(self, value: Any, name: str) -> str | None:
+        """The name of an earlier tensor that is the same view as ``value``; else
+        remembers ``value`` under ``name`` and returns None."""
+        address = _address(value)
+        if address is None:
             return None
-        return ("torch", value.data_ptr(), value.dtype, value.shape, value.stride(), value.get_device())
-    if isinstance(value, np.ndarray) and value.size:
-        return ("numpy", value.__array_interface__["data"][0], value.dtype.str, value.shape, value.strides)
-    return None
+        seen = self._at.setdefault(address, [])
+        if seen:
+            key = storage_key(value)
+            for other, other_name in seen:
+                if storage_key(other) == key:
+                    return other_name
+        seen.append((value, name))
+        return None
 
 
 def as_saveable(name: str, value: Any) -> Saveable:

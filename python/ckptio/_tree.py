@@ -5,7 +5,9 @@ the scalars int, float, bool, None and str.
 named arrays; ``unflatten`` rebuilds it. Nothing is pickled. Skeleton nodes:
 
     "text"                      str           null / true / false   None / bool
-    {"int": "1200"}             int (any size, as decimal text)
+    {"int": "1200"}             int, as decimal text up to 2,000 bits;
+    {"int": "-0x1f3a..."}       larger ints as hex text ("0x" after an optional "-"),
+                                which Python parses at any size
     {"float": "0.004", "bits": "3f70624dd2f1a9fc"}   float, bit-exact (nan, -0.0 ...)
     {"dict": [[key, node], ...]}  keys: "text" or {"int": "3"}; {"odict": ...} OrderedDict
     {"list": [...]}  {"tuple": [...]}
@@ -21,10 +23,65 @@ from typing import Any
 
 import numpy as np
 
-from ._tensors import is_torch_tensor, storage_key
+from ._tensors import SameViews, is_torch_tensor
 
 # Each tree level is three JSON levels; the manifest parser stops at 128.
 MAX_DEPTH = 32
+
+
+# Decimal text for ints of at most this many bits (at most 603 digits), so str() and
+# int() never meet Python's int_max_str_digits, whose smallest setting is 640 digits;
+# larger ints are written in hex, which that limit does not cover.
+_DECIMAL_BITS = 2000
+
+
+def int_text(value: int) -> str:
+    """An int as skeleton text: decimal, or hex for ints over 2,000 bits.
+
+    Example:
+        >>> int_text(1200), int_text(-(2**2001))[:6]
+        ('1200', '-0x200')
+    """
+    return str(value) if value.bit_length() <= _DECIMAL_BITS else hex(value)
+
+
+def int_from_text(text: str) -> int:
+    """Parses ``int_text``'s output (and the decimal text of any older checkpoint).
+
+    Example:
+        >>> int_from_text("1200"), int_from_text(int_text(-(10**5000))) == -(10**5000)
+        (1200, True)
+    """
+    if not isinstance(text, str):
+        raise ValueError(f"invalid int text {text!r:.80}")
+    if text.startswith(("0x", "-0x")):
+        return int(text, 16)
+    return int(text)
+
+
+def int_json(value: int) -> int | dict[str, str]:
+    """An int as a JSON value outside the tree (the checkpoint's ``step``): a number,
+    or an ``{"int": hex}`` node when it is too big for decimal text.
+
+    Example:
+        >>> int_json(1200), list(int_json(2**3000))
+        (1200, ['int'])
+    """
+    return value if value.bit_length() <= _DECIMAL_BITS else {"int": int_text(value)}
+
+
+def int_from_json(value: Any) -> int:
+    """Reads ``int_json``'s output.
+
+    Example:
+        >>> int_from_json(1200), int_from_json(int_json(-(2**3000))) == -(2**3000)
+        (1200, True)
+    """
+    if type(value) is int:
+        return value
+    if isinstance(value, dict) and list(value) == ["int"]:
+        return int_from_text(value["int"])
+    raise ValueError(f"invalid int {value!r:.80}")
 
 
 def _float_node(x: float) -> dict[str, str]:
@@ -41,7 +98,7 @@ class _Flattener:
         self.prefix = prefix
         self.arrays: list[tuple[str, Any]] = []
         self.names: set[str] = set()
-        self.by_storage: dict[tuple[Any, ...], str] = {}
+        self.views = SameViews()
 
     def _name(self, path: tuple[Any, ...]) -> str:
         base = ".".join(map(str, path)) or self.prefix
@@ -56,7 +113,7 @@ class _Flattener:
         if type(key) is str:
             return key
         if type(key) is int:
-            return {"int": str(key)}
+            return {"int": int_text(key)}
         raise TypeError(
             f"optimizer state at {_path_str(path)}: dict keys must be str or int, "
             f"got {type(key).__name__} {key!r}"
@@ -69,7 +126,7 @@ class _Flattener:
         if value is None or t is bool or t is str:
             return value
         if t is int:
-            return {"int": str(value)}
+            return {"int": int_text(value)}
         if t is float:
             return _float_node(value)
         if t is dict or t is OrderedDict:
@@ -89,13 +146,12 @@ class _Flattener:
                 f"optimizer state at {_path_str(path)}: unsupported {t.__module__}.{t.__qualname__}; "
                 "leaves must be arrays, tensors, int, float, bool, None or str"
             )
-        key = storage_key(value)
-        if key is not None and key in self.by_storage:  # the same memory again: store once
-            return {tag: self.by_storage[key]}
         name = self._name(path)
+        same = self.views.find_or_add(value, name)
+        if same is not None:  # the same view of the same memory again: store once
+            self.names.discard(name)
+            return {tag: same}
         self.arrays.append((name, value))
-        if key is not None:
-            self.by_storage[key] = name
         return {tag: name}
 
 
@@ -122,9 +178,9 @@ def unflatten(skeleton: Any, tensor: Callable[[str, str], Any]) -> Any:
             return _float_from(node)
         ((tag, body),) = node.items()
         if tag == "int":
-            return int(body)
+            return int_from_text(body)
         if tag in ("dict", "odict"):
-            pairs = ((int(k["int"]) if isinstance(k, dict) else k, build(v)) for k, v in body)
+            pairs = ((int_from_text(k["int"]) if isinstance(k, dict) else k, build(v)) for k, v in body)
             return OrderedDict(pairs) if tag == "odict" else dict(pairs)
         if tag == "list":
             return [build(v) for v in body]

@@ -8,14 +8,18 @@ checksums, fsyncs and commit run in a background thread.
 - The staging buffer of a finished save is kept for the next one (one buffer, the
   largest), so a training loop that saves every N steps pays the page faults of a
   fresh allocation once; ``release_staging_memory()`` frees it.
-- ``snapshot=False``: no copy; the caller promises not to change the tensors until
-  the future is done.
+- ``snapshot=False``: no copy; the caller promises not to change the tensors' values
+  until the future is done. The save holds the tensors' storages until then, so
+  rebinding ``p.data`` meanwhile is safe (the old values are saved); a storage resized
+  before the write starts makes the save fail cleanly.
 - Saves to one target run one at a time, in call order: a second save to a path whose
   previous async save is still running is snapshotted at once and then waits, in the
   background, for the first to finish. The caller never waits for it.
 - At interpreter exit, pending saves are completed (the worker threads are joined) and
   any failure nobody looked at is reported on stderr. A process killed mid-save leaves
   the previous checkpoint intact: commits are atomic.
+- A child made by ``fork`` (multiprocessing's default start method on Linux) starts
+  with no pending saves and new worker threads: the parent's saves stay the parent's.
 """
 
 from __future__ import annotations
@@ -109,7 +113,11 @@ def _run(plan: SavePlan, future: SaveFuture, previous: SaveFuture | None, stagin
 
 def _submit(plan: SavePlan, snapshot: bool) -> SaveFuture:
     global _executor
-    staging = plan.snapshot(_take_staging(plan.staging_bytes())) if snapshot else None
+    staging = None
+    if snapshot:
+        staging = plan.snapshot(_take_staging(plan.staging_bytes()))
+    else:
+        plan.hold_storages()
     future = SaveFuture(plan.path)
     key = os.path.abspath(plan.path)
     with _lock:
@@ -198,6 +206,21 @@ def wait_for_saves(timeout: float | None = None) -> list[Path]:
         pending = [f for f in _all if not f.done() or not f._observed]
     wait_futures(pending, timeout=timeout)
     return [f.result(timeout=0) for f in pending]
+
+
+def _start_afresh_in_child() -> None:
+    """After ``fork``: the child has none of the parent's worker threads, and the lock
+    may have been held by one of them. Pending saves are the parent's to finish; the
+    child starts with no executor, a new lock and no saves of its own."""
+    global _lock, _executor
+    _lock = threading.Lock()
+    _executor = None  # the parent's, whose threads do not exist here: never shut down
+    _last_by_target.clear()
+    _all.clear()
+    _spare_staging.clear()
+
+
+os.register_at_fork(after_in_child=_start_afresh_in_child)
 
 
 def _report_unobserved_failures() -> None:

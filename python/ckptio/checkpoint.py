@@ -13,7 +13,7 @@ import numpy as np
 from . import _core
 from ._dtypes import ITEMSIZE, st_to_numpy, st_to_torch
 from ._gc import gc_paused
-from ._tree import array_leaves, unflatten
+from ._tree import array_leaves, int_from_json, unflatten
 from .errors import CheckpointKindError, FormatError
 
 WEIGHTS = "model"
@@ -100,7 +100,10 @@ class Checkpoint(Mapping[str, Any]):
     def step(self) -> int | None:
         """The training step given to ``save_state``, or None."""
         step = self._user.get("step")
-        return None if step is None else int(step)
+        try:
+            return None if step is None else int_from_json(step)
+        except ValueError:
+            raise FormatError(f"{self.path}: invalid step {step!r:.80} in manifest", file=self.path) from None
 
     @property
     def framework(self) -> str:

@@ -9,8 +9,8 @@ use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 
+use super::borrowed;
 use super::errors::IntoPyResult;
-use super::{Held, Span};
 use crate::reader::Checkpoint;
 
 #[pyclass(frozen, name = "Checkpoint", module = "ckptio._core")]
@@ -108,17 +108,27 @@ impl PyCheckpoint {
         verify: bool,
         threads: usize,
     ) -> PyResult<()> {
-        let held: Vec<(usize, Held)> = jobs
+        let label = |i: usize| match self.inner.tensors.get(i) {
+            Some(t) => format!("tensor {:?}", t.name),
+            None => format!("tensor index {i}"),
+        };
+        let held = jobs
             .iter()
-            .map(|(i, b)| Ok((*i, super::held_span(b, true, "destination")?)))
-            .collect::<PyResult<_>>()?;
-        let spans: Vec<(usize, Span)> = held.iter().map(|(i, (_, s))| (*i, *s)).collect();
+            .map(|(i, b)| {
+                let dst =
+                    borrowed::hold_destination(b, &format_args!("{} (destination)", label(*i)))?;
+                Ok((*i, dst))
+            })
+            .collect::<PyResult<Vec<_>>>()?;
+        let dest_spans: Vec<_> = held.iter().map(|(i, d)| (d.span, label(*i))).collect();
+        borrowed::check_disjoint(&dest_spans, &[])?;
+        let spans: Vec<_> = held.iter().map(|(i, d)| (*i, d.span)).collect();
         let inner = self.inner.clone();
         py.detach(move || {
-            // SAFETY: buffers are held until return and are fresh caller allocations.
+            // SAFETY: destinations are held until return and overlap nothing.
             let jobs = spans
                 .into_iter()
-                .map(|(i, s)| (i, unsafe { super::slice_mut(s) }))
+                .map(|(i, s)| (i, unsafe { borrowed::slice_mut(s) }))
                 .collect();
             crate::copy::read_tensors(&inner, jobs, verify, threads)
         })

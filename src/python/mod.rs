@@ -1,36 +1,31 @@
 //! The PyO3 binding layer: converts Python objects to core types and back, releases
 //! the GIL around every byte-moving call, and maps errors (in `errors.rs` only).
 
+mod borrowed;
 mod checkpoint;
 mod errors;
 
 use std::path::PathBuf;
 
-use pyo3::buffer::PyUntypedBuffer;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::PyTuple;
 
 use crate::{writer, Dtype, Kind};
+use borrowed::{Held, Sources};
 use checkpoint::{PyCheckpoint, PyMappedFile};
 use errors::IntoPyResult;
 
-/// (name, dtype, shape, buffer) as passed from Python.
+/// (name, dtype, shape, source) as passed from Python: the source exports a buffer or
+/// is a CPU torch tensor (checked in `borrowed.rs`).
 type PyTensor<'py> = (String, String, Vec<u64>, Bound<'py, PyAny>);
 /// (group name, tensors, header metadata).
 type PyGroup<'py> = (String, Vec<PyTensor<'py>>, Vec<(String, String)>);
-
-/// A buffer's address and length, valid while its `PyUntypedBuffer` is held.
-pub(crate) type Span = (usize, usize);
-/// A span and the buffer export (if any) that keeps it valid.
-pub(crate) type Held = (Option<PyUntypedBuffer>, Span);
 
 struct HeldTensor {
     name: String,
     dtype: Dtype,
     shape: Vec<u64>,
-    _held: Option<PyUntypedBuffer>,
-    span: Span,
+    data: Held,
 }
 
 struct OwnedGroup {
@@ -39,7 +34,17 @@ struct OwnedGroup {
     header_metadata: Vec<(String, String)>,
 }
 
-fn take_buffers(groups: Vec<PyGroup<'_>>) -> PyResult<Vec<OwnedGroup>> {
+/// The tensor name as errors show it.
+struct TensorName<'a>(&'a str);
+
+impl std::fmt::Display for TensorName<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "tensor {:?}", self.0)
+    }
+}
+
+fn take_sources(py: Python<'_>, groups: Vec<PyGroup<'_>>) -> PyResult<Vec<OwnedGroup>> {
+    let sources = Sources::new(py)?;
     groups
         .into_iter()
         .map(|(name, tensors, header_metadata)| {
@@ -51,13 +56,12 @@ fn take_buffers(groups: Vec<PyGroup<'_>>) -> PyResult<Vec<OwnedGroup>> {
                             "tensor {tname:?}: unsupported dtype {dtype:?}"
                         ))
                     })?;
-                    let (held, span) = held_span(&obj, false, &tname)?;
+                    let data = sources.hold(&obj, &TensorName(&tname))?;
                     Ok(HeldTensor {
                         name: tname,
                         dtype: dt,
                         shape,
-                        _held: held,
-                        span,
+                        data,
                     })
                 })
                 .collect::<PyResult<_>>()?;
@@ -92,7 +96,7 @@ fn save(
     if max_shard_bytes == Some(0) {
         return Err(PyValueError::new_err("max_shard_bytes must be positive"));
     }
-    let owned = take_buffers(groups)?;
+    let owned = take_sources(py, groups)?;
     let opts = writer::SaveOptions {
         overwrite,
         durable,
@@ -111,8 +115,8 @@ fn save(
                         name: &t.name,
                         dtype: t.dtype,
                         shape: &t.shape,
-                        // SAFETY: the buffer is held until this call returns.
-                        data: unsafe { &*slice_mut(t.span) },
+                        // SAFETY: the source is held until this call returns.
+                        data: unsafe { borrowed::slice(t.data.span) },
                     })
                     .collect(),
                 header_metadata: g.header_metadata.clone(),
@@ -123,77 +127,40 @@ fn save(
     .into_py_result()
 }
 
-/// Borrows a buffer's bytes for the duration of a call.
-pub(crate) fn buffer_bytes(
-    buf: &PyUntypedBuffer,
-    writable: bool,
-    what: &str,
-) -> PyResult<(usize, usize)> {
-    if !buf.is_c_contiguous() {
-        return Err(PyValueError::new_err(format!(
-            "{what}: buffer is not C-contiguous"
-        )));
-    }
-    if writable && buf.readonly() {
-        return Err(PyValueError::new_err(format!(
-            "{what}: buffer is read-only"
-        )));
-    }
-    Ok((buf.buf_ptr() as usize, buf.len_bytes()))
-}
-
-/// A tensor's bytes as Python passes them: an object exporting a buffer (held here),
-/// or an `(address, nbytes)` pair for memory the Python layer keeps alive for the call
-/// (CPU torch tensors: cheaper than a buffer export).
-pub(crate) fn held_span(
-    obj: &Bound<'_, PyAny>,
-    writable: bool,
-    what: &str,
-) -> PyResult<(Option<PyUntypedBuffer>, Span)> {
-    if let Ok(pair) = obj.cast::<PyTuple>() {
-        return Ok((None, pair.extract()?));
-    }
-    let buf = PyUntypedBuffer::get(obj)?;
-    let span = buffer_bytes(&buf, writable, what)?;
-    Ok((Some(buf), span))
-}
-
-/// Slice from an address and length taken by `buffer_bytes` (empty buffers may have
-/// no valid pointer).
-///
-/// # Safety
-/// The buffer must be held for `'a` and, for `_mut`, nothing else may access it.
-pub(crate) unsafe fn slice_mut<'a>((ptr, len): Span) -> &'a mut [u8] {
-    match len {
-        0 => &mut [],
-        n => unsafe { std::slice::from_raw_parts_mut(ptr as *mut u8, n) },
-    }
-}
-
-/// Copies each source buffer into its destination, in parallel, GIL released.
+/// Copies each source into its destination, in parallel, GIL released; see `_core.pyi`.
 #[pyfunction]
-#[pyo3(signature = (pairs, threads=0))]
+#[pyo3(signature = (pairs, threads=0, *, names=None))]
 fn copy_into(
     py: Python<'_>,
     pairs: Vec<(Bound<'_, PyAny>, Bound<'_, PyAny>)>,
     threads: usize,
+    names: Option<Vec<String>>,
 ) -> PyResult<()> {
-    let held: Vec<(Held, Held)> = pairs
-        .iter()
-        .map(|(s, d)| {
-            Ok((
-                held_span(s, false, "source")?,
-                held_span(d, true, "destination")?,
-            ))
-        })
-        .collect::<PyResult<_>>()?;
-    let spans: Vec<(Span, Span)> = held.iter().map(|((_, s), (_, d))| (*s, *d)).collect();
+    if names.as_ref().is_some_and(|n| n.len() != pairs.len()) {
+        return Err(PyValueError::new_err("copy_into: one name per pair"));
+    }
+    let label = |i: usize| match &names {
+        Some(n) => format!("tensor {:?}", n[i]),
+        None => format!("pair {i}"),
+    };
+    let sources = Sources::new(py)?;
+    let mut held = Vec::with_capacity(pairs.len());
+    let mut dest_spans = Vec::with_capacity(pairs.len());
+    for (i, (s, d)) in pairs.iter().enumerate() {
+        let src = sources.hold(s, &format_args!("{} (source)", label(i)))?;
+        let dst = borrowed::hold_destination(d, &format_args!("{} (destination)", label(i)))?;
+        dest_spans.push((dst.span, label(i)));
+        held.push((src, dst));
+    }
+    let src_spans: Vec<_> = held.iter().map(|(s, _)| s.span).collect();
+    borrowed::check_disjoint(&dest_spans, &src_spans)?;
+    let spans: Vec<_> = held.iter().map(|(s, d)| (s.span, d.span)).collect();
+    drop(sources); // resumes the garbage collector before the GIL is released
     py.detach(|| {
-        // SAFETY: all buffers are held until return; destinations are distinct objects
-        // the caller allocated for this copy.
+        // SAFETY: all memory is held until return; destinations overlap nothing.
         let jobs = spans
             .iter()
-            .map(|&(s, d)| unsafe { (&*slice_mut(s), slice_mut(d)) })
+            .map(|&(s, d)| unsafe { (borrowed::slice(s), borrowed::slice_mut(d)) })
             .collect();
         crate::copy::copy_all(jobs, threads)
     })
