@@ -24,4 +24,4 @@ pub use dtype::Dtype;
 pub use error::{Error, Result};
 pub use manifest::Kind;
 pub use reader::{open, Checkpoint, TensorInfo};
-pub use writer::{save, GroupSource, SaveOptions, TensorSource};
+pub use writer::{save, save_with_files, GroupSource, SaveOptions, SideFile, TensorSource};

@@ -17,6 +17,9 @@ pub const FORMAT_NAME: &str = "ckptio";
 pub const FORMAT_VERSION: u32 = 1;
 /// Larger manifests are refused before they are read.
 pub const MAX_MANIFEST_LEN: u64 = 256 * 1024 * 1024;
+/// Largest side file (index, config, tokenizer) saved or verified: `verify` reads
+/// each one whole.
+pub const MAX_SIDE_FILE_LEN: u64 = MAX_MANIFEST_LEN;
 /// Deepest JSON nesting accepted in a manifest. The optimizer skeleton of the deepest
 /// tree the Python layer saves (32 levels, 3 JSON levels each) sits near 100. Readers
 /// further down (Python's `json`, the skeleton rebuild) recurse, so this is checked
@@ -56,6 +59,16 @@ pub enum FileRole {
     Tensors,
     /// A JSON side file (the Hugging Face shard index); `xxh3` covers all of it.
     Index,
+    /// A file the caller saved with the tensors (`config.json`, tokenizer files);
+    /// `xxh3` covers all of it.
+    Side,
+}
+
+impl FileRole {
+    /// Small files checked whole (size and checksum of every byte) by `verify`.
+    pub fn is_whole_file(self) -> bool {
+        matches!(self, FileRole::Index | FileRole::Side)
+    }
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]

@@ -16,7 +16,9 @@ use crate::checksum;
 use crate::dtype::Dtype;
 use crate::error::{Error, IoContext, Result};
 use crate::format;
-use crate::manifest::{self, FileRole, Kind, Manifest, MANIFEST_NAME, MAX_MANIFEST_LEN};
+use crate::manifest::{
+    self, FileRole, Kind, Manifest, MANIFEST_NAME, MAX_MANIFEST_LEN, MAX_SIDE_FILE_LEN,
+};
 use crate::pool;
 
 /// A tensor file mapped `MAP_PRIVATE`: writes through the mapping stay in this process.
@@ -87,8 +89,8 @@ pub struct Checkpoint {
     /// The directory as opened: every file was opened relative to it, and `verify`
     /// lists it, so a checkpoint swapped in under the same name later never mixes in.
     dir_fd: File,
-    /// The side files (role `index`), opened with the rest (None: could not be opened;
-    /// `verify` reports why).
+    /// The side files (roles `index` and `side`), opened with the rest (None: could not
+    /// be opened; `verify` reports why).
     side_files: Vec<Option<File>>,
 }
 
@@ -278,7 +280,7 @@ fn open_in(dir: &Path, dir_fd: File) -> std::result::Result<Checkpoint, (Error, 
             let side_files: Vec<Option<File>> = manifest
                 .files
                 .iter()
-                .filter(|r| r.role == FileRole::Index)
+                .filter(|r| r.role.is_whole_file())
                 .map(|r| open_regular(&dir_fd, dir, &r.name).ok())
                 .collect();
             if side_files.iter().any(Option::is_none) && replaced(dir, &dir_fd) {
@@ -377,9 +379,11 @@ impl Checkpoint {
 
     /// Checks every byte: headers, tensor data and side files against their checksums,
     /// over fresh read-only mappings of the same open files (so writes the caller made
-    /// to loaded arrays are not mistaken for corruption), and that the directory holds
-    /// nothing the manifest does not list. Reports every bad tensor, naming the first.
-    pub fn verify(&self, threads: usize) -> Result<()> {
+    /// to loaded arrays are not mistaken for corruption). Reports every bad tensor,
+    /// naming the first. Returns the names of entries in the directory that the
+    /// manifest does not list (files added after the save): not corruption, but
+    /// nothing covers them.
+    pub fn verify(&self, threads: usize) -> Result<Vec<String>> {
         let maps: Vec<Mmap> = self
             .files
             .iter()
@@ -433,56 +437,78 @@ impl Checkpoint {
         self.verify_side_files()
     }
 
-    fn verify_side_files(&self) -> Result<()> {
+    fn verify_side_files(&self) -> Result<Vec<String>> {
         let records = self
             .manifest
             .files
             .iter()
-            .filter(|r| r.role == FileRole::Index);
+            .filter(|r| r.role.is_whole_file());
         for (rec, held) in records.zip(&self.side_files) {
-            let path = self.dir.join(&rec.name);
-            let reopened;
-            let file = match held {
-                Some(f) => f,
-                None => {
-                    // Not there at open: open it again for the error (or the file).
-                    reopened = open_regular(&self.dir_fd, &self.dir, &rec.name)?;
-                    &reopened
-                }
-            };
-            let len = file.metadata().ctx("stat", &path)?.len();
-            if len != rec.size {
-                return Err(Error::corrupt(
-                    &path,
-                    None,
-                    "file size differs from the manifest",
-                ));
-            }
-            // Side files are small JSON; the cap bounds what a hostile one makes us read.
-            if len > MAX_MANIFEST_LEN {
-                return Err(Error::format(
-                    &path,
-                    format!("side file is {len} bytes, over the {MAX_MANIFEST_LEN}-byte cap"),
-                ));
-            }
-            let mut bytes = vec![0u8; len as usize];
-            file.read_exact_at(&mut bytes, 0).ctx("read", &path)?;
-            if checksum::to_hex(checksum::hash(&bytes)) != rec.xxh3 {
-                return Err(Error::corrupt(&path, None, "checksum mismatch"));
-            }
+            self.read_whole_file(rec, held.as_ref())?;
         }
+        let mut uncovered = Vec::new();
         for entry in self.list_dir()? {
             let name = entry.ctx("list", &self.dir)?.file_name();
             let name = name.to_string_lossy();
             if name != MANIFEST_NAME && !self.manifest.files.iter().any(|f| f.name == name) {
-                return Err(Error::corrupt(
-                    &self.dir.join(&*name),
-                    None,
-                    "unexpected file in the checkpoint directory",
-                ));
+                uncovered.push(name.into_owned());
             }
         }
-        Ok(())
+        uncovered.sort();
+        Ok(uncovered)
+    }
+
+    /// The bytes of a side file (role `side` or `index`), checked against the
+    /// manifest's size and checksum.
+    pub fn read_side_file(&self, name: &str) -> Result<Vec<u8>> {
+        let mut whole = self
+            .manifest
+            .files
+            .iter()
+            .filter(|r| r.role.is_whole_file())
+            .zip(&self.side_files);
+        match whole.find(|(r, _)| r.name == name) {
+            Some((rec, held)) => self.read_whole_file(rec, held.as_ref()),
+            None => Err(Error::InvalidArgument(format!(
+                "{}: no side file {name:?} in the manifest",
+                self.dir.display()
+            ))),
+        }
+    }
+
+    /// Reads a file checked whole (`held`: the file as opened with the checkpoint).
+    fn read_whole_file(&self, rec: &manifest::FileRecord, held: Option<&File>) -> Result<Vec<u8>> {
+        let path = self.dir.join(&rec.name);
+        let reopened;
+        let file = match held {
+            Some(f) => f,
+            None => {
+                // Not there at open: open it again for the error (or the file).
+                reopened = open_regular(&self.dir_fd, &self.dir, &rec.name)?;
+                &reopened
+            }
+        };
+        let len = file.metadata().ctx("stat", &path)?.len();
+        if len != rec.size {
+            return Err(Error::corrupt(
+                &path,
+                None,
+                "file size differs from the manifest",
+            ));
+        }
+        // Side files are small; the cap bounds what a hostile one makes us read.
+        if len > MAX_SIDE_FILE_LEN {
+            return Err(Error::format(
+                &path,
+                format!("side file is {len} bytes, over the {MAX_SIDE_FILE_LEN}-byte cap"),
+            ));
+        }
+        let mut bytes = vec![0u8; len as usize];
+        file.read_exact_at(&mut bytes, 0).ctx("read", &path)?;
+        if checksum::to_hex(checksum::hash(&bytes)) != rec.xxh3 {
+            return Err(Error::corrupt(&path, None, "checksum mismatch"));
+        }
+        Ok(bytes)
     }
 
     /// Lists the directory that was opened (through `/proc/self/fd` on Linux), not

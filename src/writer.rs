@@ -42,6 +42,14 @@ pub struct GroupSource<'a> {
     pub header_metadata: Vec<(String, String)>,
 }
 
+/// A small file saved whole beside the tensor files (`config.json`, tokenizer files),
+/// checksummed in the manifest and committed with the rest.
+#[derive(Debug, Clone, Copy)]
+pub struct SideFile<'a> {
+    pub name: &'a str,
+    pub data: &'a [u8],
+}
+
 #[derive(Debug, Clone)]
 pub struct SaveOptions {
     pub overwrite: bool,
@@ -105,6 +113,39 @@ fn validate(groups: &[GroupSource]) -> Result<()> {
                     t.data.len()
                 )));
             }
+        }
+    }
+    Ok(())
+}
+
+/// Side files take plain names the save does not write itself: never the manifest, a
+/// tensor file or a shard index (`*.safetensors*`), which loaders would take for weights.
+fn validate_side_files(files: &[SideFile]) -> Result<()> {
+    let mut names = HashSet::new();
+    for f in files {
+        let reserved = f.name == MANIFEST_NAME
+            || f.name.ends_with(".safetensors")
+            || f.name.ends_with(".safetensors.index.json");
+        if !manifest::is_safe_file_name(f.name) || reserved {
+            return Err(Error::InvalidArgument(format!(
+                "side file name {:?} is not allowed: use a plain name (letters, digits, \
+                 '.', '-', '_'; not hidden), not ckptio.json or *.safetensors*",
+                f.name
+            )));
+        }
+        if !names.insert(f.name) {
+            return Err(Error::InvalidArgument(format!(
+                "side file {:?} given twice",
+                f.name
+            )));
+        }
+        if f.data.len() as u64 > manifest::MAX_SIDE_FILE_LEN {
+            return Err(Error::InvalidArgument(format!(
+                "side file {:?} is {} bytes, over the {}-byte cap",
+                f.name,
+                f.data.len(),
+                manifest::MAX_SIDE_FILE_LEN
+            )));
         }
     }
     Ok(())
@@ -386,8 +427,15 @@ fn write_files(dir: &Path, files: &[PlannedFile], durable: bool) -> Result<Vec<W
     Ok(out)
 }
 
-/// Writes a small file in one go (manifest, shard index) and returns its record.
-fn write_small_file(dir: &Path, name: &str, bytes: &[u8], durable: bool) -> Result<FileRecord> {
+/// Writes a small file in one go (manifest, shard index, side file) and returns its
+/// record.
+fn write_small_file(
+    dir: &Path,
+    name: &str,
+    role: FileRole,
+    bytes: &[u8],
+    durable: bool,
+) -> Result<FileRecord> {
     let path = dir.join(name);
     let file = OpenOptions::new()
         .write(true)
@@ -400,7 +448,7 @@ fn write_small_file(dir: &Path, name: &str, bytes: &[u8], durable: bool) -> Resu
     }
     Ok(FileRecord {
         name: name.to_owned(),
-        role: FileRole::Index,
+        role,
         size: bytes.len() as u64,
         xxh3: checksum::to_hex(checksum::hash(bytes)),
     })
@@ -437,7 +485,20 @@ pub fn save(
     user: Box<serde_json::value::RawValue>,
     opts: &SaveOptions,
 ) -> Result<()> {
+    save_with_files(target, kind, groups, &[], user, opts)
+}
+
+/// [`save`], plus side files written whole and committed with the tensors.
+pub fn save_with_files(
+    target: &Path,
+    kind: Kind,
+    groups: &[GroupSource],
+    side_files: &[SideFile],
+    user: Box<serde_json::value::RawValue>,
+    opts: &SaveOptions,
+) -> Result<()> {
     validate(groups)?;
+    validate_side_files(side_files)?;
     let staging: Staging = commit::stage(target, opts.overwrite)?;
     fault::point("staged");
     let checkpoint_id = checksum::to_hex(commit::nonce());
@@ -448,8 +509,23 @@ pub fn save(
     let mut file_records: Vec<FileRecord> = written.iter().map(|w| w.record.clone()).collect();
     for g in groups {
         if let Some((name, bytes)) = shard_index(g.name, &written) {
-            file_records.push(write_small_file(&staging.dir, &name, &bytes, opts.durable)?);
+            file_records.push(write_small_file(
+                &staging.dir,
+                &name,
+                FileRole::Index,
+                &bytes,
+                opts.durable,
+            )?);
         }
+    }
+    for f in side_files {
+        file_records.push(write_small_file(
+            &staging.dir,
+            f.name,
+            FileRole::Side,
+            f.data,
+            opts.durable,
+        )?);
     }
     // Tensor records in the caller's order.
     let mut tensors: Vec<TensorRecord> =
@@ -480,6 +556,7 @@ pub fn save(
     write_small_file(
         &staging.dir,
         MANIFEST_NAME,
+        FileRole::Index,
         &manifest::encode(&manifest),
         opts.durable,
     )?;

@@ -18,6 +18,7 @@ MODULES = [
     "ckptio._tensors",
     "ckptio._gc",
     "ckptio._tree",
+    "ckptio._side_files",
 ]
 
 

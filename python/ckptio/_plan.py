@@ -14,6 +14,7 @@ import numpy as np
 
 from . import _core
 from ._gc import gc_paused
+from ._side_files import prepare_side_files
 from ._tensors import as_saveable, is_torch_tensor, storage_key
 from ._tree import flatten
 from .checkpoint import OPTIMIZER, WEIGHTS
@@ -90,6 +91,7 @@ class SavePlan:
         durable: bool = True,
         threads: int | None = None,
         max_shard_bytes: int | None = None,
+        extra_files: Mapping[str, Any] | None = None,
     ) -> None:
         if not isinstance(weights, Mapping):
             raise TypeError(f"weights must be a mapping of name -> array, got {type(weights).__name__}")
@@ -101,6 +103,7 @@ class SavePlan:
         self.kind = kind
         self.overwrite, self.durable = overwrite, durable
         self.threads, self.max_shard_bytes = threads or 0, max_shard_bytes
+        self.side_files = prepare_side_files(extra_files)
         with gc_paused():
             folded = _rows(weights.items(), fold_tied=True)
             self.groups: list[tuple[str, list[_Row], list[tuple[str, str]]]] = [
@@ -151,5 +154,6 @@ class SavePlan:
             durable=self.durable,
             threads=self.threads,
             max_shard_bytes=self.max_shard_bytes,
+            side_files=self.side_files,
         )
         return self.path

@@ -119,6 +119,35 @@ class Checkpoint(Mapping[str, Any]):
         return list(self._core.file_names)
 
     @property
+    def side_files(self) -> list[str]:
+        """The side files saved with the checkpoint (``config.json`` ...): checksummed,
+        read with ``read_side_file``.
+
+        Example:
+            >>> import numpy as np, ckptio, tempfile, os
+            >>> path = os.path.join(tempfile.mkdtemp(), "ck")
+            >>> _ = ckptio.save_weights_for_sampler(path, {"w": np.ones(1)}, extra_files={"notes.txt": "hi"})
+            >>> ckptio.open(path).side_files
+            ['notes.txt']
+        """
+        return list(self._core.side_file_names)
+
+    def read_side_file(self, name: str) -> bytes:
+        """The bytes of a side file, checked against its size and checksum
+        (CorruptCheckpointError if they differ).
+
+        Example:
+            >>> import numpy as np, ckptio, tempfile, os
+            >>> path = os.path.join(tempfile.mkdtemp(), "ck")
+            >>> _ = ckptio.save_weights_for_sampler(path, {"w": np.ones(1)}, extra_files={"notes.txt": "hi"})
+            >>> ckptio.open(path).read_side_file("notes.txt")
+            b'hi'
+        """
+        if name not in self._core.side_file_names:
+            raise KeyError(f"no side file {name!r} in {self.path} (side files: {self.side_files})")
+        return bytes(self._core.read_side_file(name))
+
+    @property
     def names(self) -> list[str]:
         """Weight names, in the order they were saved."""
         return list(self._weight_names)
@@ -288,14 +317,17 @@ class Checkpoint(Mapping[str, Any]):
         """
         self._core.prefetch()
 
-    def verify(self, *, threads: int | None = None) -> None:
-        """Hashes every tensor and header; raises CorruptCheckpointError naming the first
-        bad tensor and listing all of them.
+    def verify(self, *, threads: int | None = None) -> list[str]:
+        """Hashes every tensor, header and side file; raises CorruptCheckpointError
+        naming the first bad tensor and listing all of them. Returns the names of the
+        files in the directory that the manifest does not list (not covered by any
+        checksum, and not an error).
 
         Example:
-            >>> _example().verify()  # silent when intact
+            >>> _example().verify()  # intact, nothing uncovered
+            []
         """
-        self._core.verify(threads or 0)
+        return list(self._core.verify(threads or 0))
 
     # -- lifetime ----------------------------------------------------------------
     def close(self) -> None:

@@ -51,8 +51,10 @@ def _verify(args: argparse.Namespace) -> int:
     failed = 0
     for path in args.paths:
         try:
-            Checkpoint(path).verify()
+            uncovered = Checkpoint(path).verify()
             print(f"ok       {path}")
+            for name in uncovered:
+                print(f"         {name}: not covered by checksums (not part of the checkpoint)")
         except (CkptioError, OSError) as e:
             failed += 1
             print(f"FAILED   {path}: {e}")

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use pyo3::buffer::PyUntypedBuffer;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::PyTuple;
+use pyo3::types::{PyBytes, PyTuple};
 
 use crate::{commit, writer, Dtype, Kind};
 use checkpoint::{PyCheckpoint, PyMappedFile};
@@ -72,7 +72,7 @@ fn take_buffers(groups: Vec<PyGroup<'_>>) -> PyResult<Vec<OwnedGroup>> {
 
 /// Saves a checkpoint; see `_core.pyi`.
 #[pyfunction]
-#[pyo3(signature = (path, kind, groups, user_json, *, overwrite=false, durable=true, threads=0, max_shard_bytes=None))]
+#[pyo3(signature = (path, kind, groups, user_json, *, overwrite=false, durable=true, threads=0, max_shard_bytes=None, side_files=Vec::new()))]
 #[allow(clippy::too_many_arguments)]
 fn save(
     py: Python<'_>,
@@ -84,6 +84,7 @@ fn save(
     durable: bool,
     threads: usize,
     max_shard_bytes: Option<u64>,
+    side_files: Vec<(String, Bound<'_, PyBytes>)>,
 ) -> PyResult<()> {
     let kind = Kind::parse(kind)
         .ok_or_else(|| PyValueError::new_err(format!("unknown checkpoint kind {kind:?}")))?;
@@ -93,6 +94,11 @@ fn save(
         return Err(PyValueError::new_err("max_shard_bytes must be positive"));
     }
     let owned = take_buffers(groups)?;
+    // Side files are small: copied, so the write needs no Python object.
+    let side_files: Vec<(String, Vec<u8>)> = side_files
+        .into_iter()
+        .map(|(name, data)| (name, data.as_bytes().to_vec()))
+        .collect();
     let opts = writer::SaveOptions {
         overwrite,
         durable,
@@ -118,7 +124,11 @@ fn save(
                 header_metadata: g.header_metadata.clone(),
             })
             .collect();
-        writer::save(&path, kind, &groups, user, &opts)
+        let side_files: Vec<writer::SideFile> = side_files
+            .iter()
+            .map(|(name, data)| writer::SideFile { name, data })
+            .collect();
+        writer::save_with_files(&path, kind, &groups, &side_files, user, &opts)
     })
     .into_py_result()
 }
