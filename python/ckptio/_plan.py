@@ -57,7 +57,7 @@ def _rows(items: Any, *, fold_tied: bool) -> _Rows:
     return _Rows(rows, aliases, order)
 
 
-def _user_section(metadata: Any, step: Any, skeleton: Any, weights: _Rows) -> str:
+def _user_section(metadata: Any, step: Any, skeleton: Any, weights: _Rows, weights_group: str) -> str:
     if step is not None:
         if isinstance(step, bool) or not hasattr(step, "__index__"):
             raise TypeError(f"step must be an int or None, got {type(step).__name__}")
@@ -72,6 +72,8 @@ def _user_section(metadata: Any, step: Any, skeleton: Any, weights: _Rows) -> st
     if weights.aliases:
         section["aliases"] = weights.aliases
         section["order"] = weights.order
+    if weights_group != WEIGHTS:  # e.g. adapter_model.safetensors for PEFT
+        section["weights_group"] = weights_group
     return '{"metadata":' + meta_json + "," + json.dumps(section, allow_nan=False)[1:]
 
 
@@ -92,6 +94,7 @@ class SavePlan:
         threads: int | None = None,
         max_shard_bytes: int | None = None,
         extra_files: Mapping[str, Any] | None = None,
+        weights_group: str = WEIGHTS,
     ) -> None:
         if not isinstance(weights, Mapping):
             raise TypeError(f"weights must be a mapping of name -> array, got {type(weights).__name__}")
@@ -103,17 +106,19 @@ class SavePlan:
         self.kind = kind
         self.overwrite, self.durable = overwrite, durable
         self.threads, self.max_shard_bytes = threads or 0, max_shard_bytes
+        if weights_group == OPTIMIZER:
+            raise ValueError(f"the weights cannot be stored as group {OPTIMIZER!r}")
         self.side_files = prepare_side_files(extra_files)
         with gc_paused():
             folded = _rows(weights.items(), fold_tied=True)
             self.groups: list[tuple[str, list[_Row], list[tuple[str, str]]]] = [
-                (WEIGHTS, folded.rows, [("format", "pt")])
+                (weights_group, folded.rows, [("format", "pt")])
             ]
             skeleton = None
             if kind == "state":
                 skeleton, arrays = flatten(optimizer_state)
                 self.groups.append((OPTIMIZER, _rows(arrays, fold_tied=False).rows, []))
-        self.user_json = _user_section(metadata, step, skeleton, folded)
+        self.user_json = _user_section(metadata, step, skeleton, folded, weights_group)
 
     @property
     def nbytes(self) -> int:

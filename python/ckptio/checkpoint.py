@@ -62,13 +62,26 @@ class Checkpoint(Mapping[str, Any]):
         except (ValueError, TypeError) as e:
             raise FormatError(f"{self.path}: invalid user section in manifest: {e}", file=self.path) from None
         names = self._core.file_names
+        stored_as = self._weights_group()
         self._infos: dict[tuple[str, str], tuple[TensorInfo, int, int, int, int]] = {}
         with gc_paused():
-            for index, (group, name, dtype, shape, fi, begin, end) in enumerate(self._core.tensors()):
+            for index, (stored, name, dtype, shape, fi, begin, end) in enumerate(self._core.tensors()):
+                # "model" names the weights, whatever file stem they are stored under.
+                group = WEIGHTS if stored == stored_as else stored
+                if stored == WEIGHTS != stored_as:
+                    raise FormatError(f"{self.path}: two groups of weights in the manifest", file=self.path)
                 info = TensorInfo(name, group, dtype, shape, end - begin, names[fi])
                 self._infos[(group, name)] = (info, fi, begin, end, index)
         self._aliases, self._weight_names = self._read_aliases()
         self._bytes: dict[int, np.ndarray] = {}
+
+    def _weights_group(self) -> str:
+        """The group (file stem) holding the weights: ``model`` unless the save chose
+        another (``adapter_model`` for a PEFT adapter)."""
+        group = self._user.get("weights_group", WEIGHTS)
+        if not isinstance(group, str) or group == OPTIMIZER:
+            raise FormatError(f"{self.path}: invalid weights_group in manifest", file=self.path)
+        return group
 
     def _read_aliases(self) -> tuple[dict[str, str], list[str]]:
         """Tied weights: names saved as another entry's storage, and the full order."""
