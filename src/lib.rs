@@ -10,6 +10,7 @@ pub mod copy;
 pub mod dtype;
 pub mod error;
 pub mod fault;
+pub mod foreign;
 pub mod format;
 pub mod manifest;
 pub mod pool;

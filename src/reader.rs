@@ -98,7 +98,7 @@ pub struct Checkpoint {
 /// it was reading (each retry needs a new swap to fail again).
 const OPEN_ATTEMPTS: usize = 8;
 
-fn open_dir(dir: &Path) -> Result<File> {
+pub(crate) fn open_dir(dir: &Path) -> Result<File> {
     match fs::metadata(dir) {
         Err(_) => {
             return Err(Error::NotFound {
@@ -143,7 +143,7 @@ fn openat(dir_fd: &File, name: &str) -> std::io::Result<File> {
 }
 
 /// Opens a file the manifest lists; it must be a regular file.
-fn open_regular(dir_fd: &File, dir: &Path, name: &str) -> Result<File> {
+pub(crate) fn open_regular(dir_fd: &File, dir: &Path, name: &str) -> Result<File> {
     let path = dir.join(name);
     let file = openat(dir_fd, name).map_err(|e| match e.raw_os_error() {
         Some(libc::ELOOP) => Error::format(
@@ -214,6 +214,20 @@ fn map_tensor_file(
             format!("file is {len} bytes, the manifest says {}", rec.size),
         ));
     }
+    let stored = parse_hex(&path, "header", &rec.xxh3)?;
+    map_safetensors(&rec.name, path, file, len, Some(stored))
+}
+
+/// Maps an opened safetensors file of length `len` and validates its header: the
+/// length prefix before mapping, then the header checksum (when there is one), then
+/// every structural rule (`format::parse`).
+pub(crate) fn map_safetensors(
+    name: &str,
+    path: PathBuf,
+    file: File,
+    len: u64,
+    header_xxh3: Option<u64>,
+) -> Result<(MappedFile, format::ParsedHeader)> {
     // Check the header length before mapping: a hostile prefix is refused without
     // mapping (let alone reading) the gigabytes it claims.
     let mut prefix = [0u8; 8];
@@ -228,13 +242,12 @@ fn map_tensor_file(
     // place by ckptio; the private mapping keeps writes local to this process.
     let mut map = unsafe { MmapOptions::new().map_copy(&file) }.ctx("mmap", &path)?;
     let ptr = NonNull::new(map.as_mut_ptr()).expect("mmap is non-null");
-    let stored = parse_hex(&path, "header", &rec.xxh3)?;
-    if checksum::hash(&map[..hlen as usize]) != stored {
+    if header_xxh3.is_some_and(|stored| checksum::hash(&map[..hlen as usize]) != stored) {
         return Err(Error::corrupt(&path, None, "header checksum mismatch"));
     }
     let header = format::parse(&path, &map)?;
     let mapped = MappedFile {
-        name: rec.name.clone(),
+        name: name.to_owned(),
         path,
         file,
         map,
@@ -373,8 +386,42 @@ fn open_checkpoint(dir: &Path, dir_fd: &File) -> Result<Opened> {
 }
 
 impl Checkpoint {
+    /// A checkpoint read without a ckptio manifest (see `foreign.rs`): `manifest` is
+    /// made up from the headers, with checksum `"none"` and no side files.
+    pub(crate) fn without_checksums(
+        dir: PathBuf,
+        dir_fd: File,
+        manifest: Manifest,
+        files: Vec<MappedFile>,
+        tensors: Vec<TensorInfo>,
+    ) -> Checkpoint {
+        Checkpoint {
+            dir,
+            manifest,
+            files,
+            tensors,
+            dir_fd,
+            side_files: Vec::new(),
+        }
+    }
+
     pub fn kind(&self) -> Kind {
         self.manifest.kind
+    }
+
+    /// False for a directory read without a ckptio manifest: nothing to verify against.
+    pub fn has_checksums(&self) -> bool {
+        self.manifest.checksum == checksum::ALGORITHM
+    }
+
+    pub(crate) fn require_checksums(&self) -> Result<()> {
+        if self.has_checksums() {
+            return Ok(());
+        }
+        Err(Error::NotFound {
+            what: "no checksums to check: not a ckptio checkpoint (no ckptio.json manifest) at",
+            path: self.dir.clone(),
+        })
     }
 
     /// Checks every byte: headers, tensor data and side files against their checksums,
@@ -384,6 +431,7 @@ impl Checkpoint {
     /// manifest does not list (files added after the save): not corruption, but
     /// nothing covers them.
     pub fn verify(&self, threads: usize) -> Result<Vec<String>> {
+        self.require_checksums()?;
         let maps: Vec<Mmap> = self
             .files
             .iter()

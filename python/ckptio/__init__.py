@@ -45,6 +45,7 @@ from .errors import (
     CorruptCheckpointError,
     FormatError,
     StorageError,
+    UnverifiedCheckpointWarning,
 )
 
 __version__ = "0.1.0"
@@ -61,6 +62,7 @@ __all__ = [
     "StorageError",
     "TensorInfo",
     "TrainingState",
+    "UnverifiedCheckpointWarning",
     "cleanup",
     "load_state",
     "load_state_with_optimizer",

@@ -14,6 +14,7 @@ __all__ = [
     "cleanup",
     "copy_into",
     "open",
+    "open_safetensors",
     "save",
 ]
 
@@ -43,6 +44,11 @@ def save(
 def open(path: str | PathLike[str]) -> Checkpoint:
     """Reads and checks the manifest and every header, maps the files privately."""
 
+def open_safetensors(path: str | PathLike[str], names: Sequence[str] | None = None) -> Checkpoint:
+    """Maps the safetensors files of a directory without a ckptio manifest (``names``,
+    or the shards of its index, or every ``*.safetensors``), every header validated;
+    the result has no checksums (``has_checksums`` is False, ``verify`` refuses)."""
+
 def copy_into(pairs: Sequence[tuple[Buffer, Buffer]], threads: int = 0) -> None:
     """Copies each source buffer into its (writable, same-size) destination, in
     parallel, with the GIL released."""
@@ -60,6 +66,8 @@ class Checkpoint:
     def user_json(self) -> str: ...
     @property
     def file_names(self) -> list[str]: ...
+    @property
+    def has_checksums(self) -> bool: ...
     @property
     def side_file_names(self) -> list[str]: ...
     def read_side_file(self, name: str) -> bytes:

@@ -104,6 +104,11 @@ def open(path: PathLike) -> Checkpoint:
     """Opens a checkpoint lazily: validates the manifest and headers, maps the files,
     reads no tensor data.
 
+    A directory of plain safetensors files without a ckptio manifest (Hugging Face's
+    ``save_pretrained`` output, one file or shards with their index), or a single
+    ``.safetensors`` file, opens too: read-only, every header validated as for
+    ckptio's own files, but without checksums, with one ``UnverifiedCheckpointWarning``.
+
     Example:
         >>> import numpy as np, ckptio, tempfile, os
         >>> path = os.path.join(tempfile.mkdtemp(), "ck")
@@ -111,7 +116,7 @@ def open(path: PathLike) -> Checkpoint:
         >>> ckptio.open(path).info("bias")
         TensorInfo(name='bias', group='model', dtype='F32', shape=(), nbytes=4, file='model.safetensors')
     """
-    return Checkpoint(path)
+    return Checkpoint(path, allow_foreign=True)
 
 
 def load_state(
@@ -129,7 +134,8 @@ def load_state(
     ``verify=True`` checks every tensor's checksum first. By default the load checks
     the manifest checksum, every header checksum and all structure, but not the data.
     ``copy=True`` reads the weights into fresh memory instead of mapping them (parallel
-    reads, each tensor's checksum checked as it is read).
+    reads, each tensor's checksum checked as it is read). Plain safetensors files open
+    as in ``open`` (no checksums: ``verify=True`` refuses them).
 
     Example:
         >>> import numpy as np, ckptio, tempfile, os
@@ -138,7 +144,7 @@ def load_state(
         >>> list(ckptio.load_state(path))
         ['b', 'a']
     """
-    ckpt = Checkpoint(path)
+    ckpt = Checkpoint(path, allow_foreign=True)
     if verify:
         ckpt.verify()
     if not copy:

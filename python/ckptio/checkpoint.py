@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -14,7 +16,7 @@ from . import _core
 from ._dtypes import ITEMSIZE, st_to_numpy, st_to_torch
 from ._gc import gc_paused
 from ._tree import array_leaves, unflatten
-from .errors import CheckpointKindError, FormatError
+from .errors import CheckpointKindError, CheckpointNotFoundError, FormatError, UnverifiedCheckpointWarning
 
 WEIGHTS = "model"
 OPTIMIZER = "optimizer"
@@ -43,6 +45,12 @@ class Checkpoint(Mapping[str, Any]):
 
     Mapping access covers the weights; ``optimizer_state()`` rebuilds the optimizer tree.
 
+    ``allow_foreign=True`` (what ``ckptio.open`` and ``load_state`` pass) also opens
+    plain safetensors files that have no ckptio manifest (a Hugging Face
+    ``save_pretrained`` directory, or one ``.safetensors`` file): read-only, every
+    header validated, but without checksums (``checksummed`` is False, ``verify``
+    refuses), with one ``UnverifiedCheckpointWarning``.
+
     Example:
         >>> import numpy as np, ckptio, tempfile, os
         >>> d = tempfile.mkdtemp()
@@ -52,9 +60,9 @@ class Checkpoint(Mapping[str, Any]):
         sampler ['w'] (3,) 3.0
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, allow_foreign: bool = False) -> None:
         self.path = Path(path)
-        self._core = _core.open(self.path)
+        self._core = _open_core(self.path, allow_foreign)
         try:
             self._user = json.loads(self._core.user_json)
             if not isinstance(self._user, dict):
@@ -118,8 +126,20 @@ class Checkpoint(Mapping[str, Any]):
     @property
     def framework(self) -> str:
         """``"torch"`` if the weights were saved as torch tensors, else ``"numpy"``:
-        what loads return unless told otherwise."""
-        return "torch" if self._user.get("framework") == "torch" else "numpy"
+        what loads return unless told otherwise. (Safetensors files read without a
+        manifest: ``"torch"`` if their metadata says ``format: pt`` and torch is
+        installed.)"""
+        if self._user.get("framework") == "torch":
+            return "torch"
+        if not self.checksummed and isinstance(self.metadata, dict) and self.metadata.get("format") == "pt":
+            return "torch" if importlib.util.find_spec("torch") is not None else "numpy"
+        return "numpy"
+
+    @property
+    def checksummed(self) -> bool:
+        """False for safetensors files read without a ckptio manifest: nothing covers
+        their bytes, and ``verify`` refuses them."""
+        return bool(self._core.has_checksums)
 
     @property
     def files(self) -> list[str]:
@@ -276,7 +296,7 @@ class Checkpoint(Mapping[str, Any]):
                 raise ValueError(f"framework must be 'numpy' or 'torch', got {framework!r}")
             out[name] = arr
             jobs.append((index, dest))
-        self._core.read_into(jobs, True, 0)
+        self._core.read_into(jobs, self.checksummed, 0)
         if device is not None:
             out = {n: t.to(device) if not isinstance(t, np.ndarray) else t for n, t in out.items()}
         return out
@@ -360,6 +380,39 @@ class Checkpoint(Mapping[str, Any]):
 
     def __repr__(self) -> str:
         return f"<ckptio.Checkpoint {self.kind} {str(self.path)!r}: {len(self._infos)} tensors>"
+
+
+def _open_core(path: Path, allow_foreign: bool) -> _core.Checkpoint:
+    """The core's view of a ckptio checkpoint or, with ``allow_foreign``, of plain
+    safetensors files (one warning: they carry no checksums)."""
+    try:
+        return _core.open(path)
+    except (CheckpointNotFoundError, FormatError):
+        if not allow_foreign or not _is_plain_safetensors(path):
+            raise
+    # A directory: its shard set or files. One file: that file alone.
+    core = _core.open_safetensors(path) if path.is_dir() else _core.open_safetensors(path.parent, [path.name])
+    warnings.warn(
+        f"{path} is not a ckptio checkpoint (no ckptio.json): reading its safetensors files "
+        "read-only and without checksums; `ckptio import` makes a verified copy",
+        UnverifiedCheckpointWarning,
+        stacklevel=4,
+    )
+    return core
+
+
+def _is_plain_safetensors(path: Path) -> bool:
+    """A ``.safetensors`` file, or a directory with one (or a shard index) and no
+    manifest."""
+    if path.is_file():
+        return path.name.endswith(".safetensors")
+    if not path.is_dir() or os.path.lexists(path / "ckptio.json"):
+        return False
+    with os.scandir(path) as entries:
+        return any(
+            e.name.endswith((".safetensors", ".safetensors.index.json")) and not e.name.startswith(".")
+            for e in entries
+        )
 
 
 def _torch_view(raw: np.ndarray, info: TensorInfo, device: Any) -> Any:

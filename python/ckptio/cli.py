@@ -27,7 +27,7 @@ def human_bytes(n: float) -> str:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    ckpt = Checkpoint(args.path)
+    ckpt = Checkpoint(args.path, allow_foreign=True)
     infos = ckpt.tensors
     total = sum(t.nbytes for t in infos)
     print(f"checkpoint  {ckpt.path}")

@@ -60,6 +60,12 @@ impl PyCheckpoint {
         self.inner.files.iter().map(|f| f.name.clone()).collect()
     }
 
+    /// False for safetensors files read without a ckptio manifest.
+    #[getter]
+    fn has_checksums(&self) -> bool {
+        self.inner.has_checksums()
+    }
+
     /// The side files saved with the checkpoint (`config.json` ...), in manifest order.
     #[getter]
     fn side_file_names(&self) -> Vec<String> {
