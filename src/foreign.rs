@@ -16,7 +16,9 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::error::{Error, IoContext, Result};
-use crate::manifest::{self, FileRecord, FileRole, Kind, Manifest, TensorRecord};
+use crate::manifest::{
+    self, FileRecord, FileRole, Kind, Manifest, TensorRecord, CHECKPOINT_ID_KEY,
+};
 use crate::reader::{self, Checkpoint, MappedFile, TensorInfo};
 
 /// The `checksum` of a manifest made up for files read without one.
@@ -63,6 +65,14 @@ pub fn open_safetensors(dir: &Path, only: Option<&[String]>) -> Result<Checkpoin
         })?;
         let len = file.metadata().ctx("stat", &path)?.len();
         let (mapped, header) = reader::map_safetensors(name, path, file, len, None)?;
+        if header.metadata.iter().any(|(k, _)| k == CHECKPOINT_ID_KEY) {
+            // A ckptio checkpoint whose manifest is gone is damaged, not foreign: never
+            // read it unverified.
+            return Err(Error::NotFound {
+                what: "a ckptio checkpoint whose manifest (ckptio.json) is missing; not read without it",
+                path: dir.to_path_buf(),
+            });
+        }
         let fi = files.len();
         first_metadata.get_or_insert(header.metadata);
         for t in header.tensors {
@@ -324,6 +334,25 @@ mod tests {
         let empty = tempfile::tempdir().unwrap();
         let e = err(open_safetensors(empty.path(), None));
         assert!(matches!(e, Error::NotFound { .. }), "{e}");
+    }
+
+    #[test]
+    fn refuses_a_ckptio_checkpoint_without_its_manifest() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = [(
+            CHECKPOINT_ID_KEY.to_string(),
+            "0123456789abcdef".to_string(),
+        )];
+        let layout = format::plan(&[("x", Dtype::U8, &[1])], &meta).unwrap();
+        let mut bytes = layout.header.clone();
+        bytes.resize(layout.file_len as usize, 0);
+        std::fs::write(dir.path().join("model.safetensors"), bytes).unwrap();
+        let e = err(open_safetensors(dir.path(), None));
+        assert!(matches!(e, Error::NotFound { .. }), "{e}");
+        assert!(
+            e.to_string().contains("manifest (ckptio.json) is missing"),
+            "{e}"
+        );
     }
 
     #[test]

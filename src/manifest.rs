@@ -15,6 +15,8 @@ use crate::error::{Error, Result};
 pub const MANIFEST_NAME: &str = "ckptio.json";
 pub const FORMAT_NAME: &str = "ckptio";
 pub const FORMAT_VERSION: u32 = 1;
+/// The `__metadata__` key of every tensor file ckptio writes: the checkpoint's id.
+pub const CHECKPOINT_ID_KEY: &str = "ckptio.checkpoint_id";
 /// Larger manifests are refused before they are read.
 pub const MAX_MANIFEST_LEN: u64 = 256 * 1024 * 1024;
 /// Largest side file (index, config, tokenizer) saved or verified: `verify` reads

@@ -186,7 +186,7 @@ fn plan_files<'a>(
                 format!("{}-{:05}-of-{:05}.safetensors", g.name, i + 1, n)
             };
             let mut meta = g.header_metadata.clone();
-            meta.push(("ckptio.checkpoint_id".into(), checkpoint_id.into()));
+            meta.push((manifest::CHECKPOINT_ID_KEY.into(), checkpoint_id.into()));
             let specs: Vec<(&str, Dtype, &[u64])> =
                 sources.iter().map(|t| (t.name, t.dtype, t.shape)).collect();
             let layout = format::plan(&specs, &meta)?;

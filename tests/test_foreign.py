@@ -206,3 +206,15 @@ def test_hostile_plain_directories_are_refused(tmp_path: Path) -> None:
         kind, text, named = results[name]
         assert kind == "FormatError", (name, kind, text)
         assert message in text and named.endswith(file), (name, text, named)
+
+
+def test_a_ckptio_checkpoint_without_its_manifest_is_not_read_unverified(tmp_path: Path) -> None:
+    path = ckptio.save_weights_for_sampler(tmp_path / "ck", {"w": np.ones(3)}, max_shard_bytes=8)
+    (path / "ckptio.json").unlink()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for load in (ckptio.open, ckptio.load_state):
+            with pytest.raises(ckptio.CheckpointNotFoundError, match=r"manifest \(ckptio\.json\) is missing"):
+                load(path)
+        with pytest.raises(ckptio.CheckpointNotFoundError, match=r"no ckptio\.json"):
+            ckptio.verify(path)
