@@ -19,6 +19,12 @@ MODULES = [
     "ckptio._gc",
     "ckptio._tree",
     "ckptio._side_files",
+    "ckptio.hf._common",
+    "ckptio.hf.cli",
+    "ckptio.hf.export",
+    "ckptio.hf.importer",
+    "ckptio.hf.keymaps",
+    "ckptio.hf.peft",
 ]
 
 

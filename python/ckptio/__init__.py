@@ -47,6 +47,7 @@ from .errors import (
     StorageError,
     UnverifiedCheckpointWarning,
 )
+from .hf import export, import_checkpoint
 
 __version__ = "0.1.0"
 
@@ -64,6 +65,8 @@ __all__ = [
     "TrainingState",
     "UnverifiedCheckpointWarning",
     "cleanup",
+    "export",
+    "import_checkpoint",
     "load_state",
     "load_state_with_optimizer",
     "open",

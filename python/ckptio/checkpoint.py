@@ -61,8 +61,19 @@ class Checkpoint(Mapping[str, Any]):
     """
 
     def __init__(self, path: str | os.PathLike[str], *, allow_foreign: bool = False) -> None:
-        self.path = Path(path)
-        self._core = _open_core(self.path, allow_foreign)
+        self._attach(Path(path), _open_core(Path(path), allow_foreign))
+
+    @classmethod
+    def _of(cls, path: Path, core: _core.Checkpoint) -> Checkpoint:
+        """A Checkpoint over a core view opened by the caller (import opens plain
+        safetensors files itself, and says so itself)."""
+        self = cls.__new__(cls)
+        self._attach(path, core)
+        return self
+
+    def _attach(self, path: Path, core: _core.Checkpoint) -> None:
+        self.path = path
+        self._core = core
         try:
             self._user = json.loads(self._core.user_json)
             if not isinstance(self._user, dict):

@@ -1,4 +1,5 @@
-"""The ``ckptio`` command: ``inspect``, ``verify``, ``cleanup``, ``bench``."""
+"""The ``ckptio`` command: ``inspect``, ``verify``, ``cleanup``, ``export``, ``import``,
+``bench``."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from collections.abc import Sequence
 from .api import cleanup
 from .checkpoint import Checkpoint
 from .errors import CkptioError
+from .hf.cli import add_parsers as add_hf_parsers
 
 
 def human_bytes(n: float) -> str:
@@ -86,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("cleanup", help="remove leftovers of interrupted saves in a directory")
     p.add_argument("directory")
     p.set_defaults(func=_cleanup)
+    add_hf_parsers(sub)
     try:
         from .bench.cli import add_parser as add_bench
     except ImportError:  # pragma: no cover - the bench ships with the package
