@@ -246,3 +246,17 @@ def test_hostile_archives_are_refused_and_nothing_is_written_outside_dst(tmp_pat
         assert not (tmp_path / "evil").exists() and not (work.parent / "evil").exists()
         assert not Path(absolute).exists()
     assert ckptio.import_checkpoint(_archive(work / "good.tar", good), work / "dst").is_dir()
+
+
+def test_cleanup_removes_what_a_dead_import_left(tmp_path: Path) -> None:
+    """An import killed while unpacking leaves a staging-named directory beside dst."""
+    import os
+
+    from ckptio.hf.importer import _unpack_dir
+
+    name = _unpack_dir(tmp_path / "ck").name.replace(f"-{os.getpid()}-", "-2147483646-")  # a dead pid
+    leftover = tmp_path / name
+    leftover.mkdir()
+    (leftover / "adapter_model.safetensors").write_bytes(b"partial")
+    assert ckptio.cleanup(tmp_path) == [leftover]
+    assert list(tmp_path.iterdir()) == []
