@@ -46,6 +46,9 @@ pub fn read_tensors(
     verify: bool,
     threads: usize,
 ) -> Result<()> {
+    if verify {
+        ckpt.require_checksums()?;
+    }
     for (i, dst) in &jobs {
         let t = ckpt
             .tensors

@@ -16,6 +16,8 @@ use crate::limits;
 pub const MANIFEST_NAME: &str = "ckptio.json";
 pub const FORMAT_NAME: &str = "ckptio";
 pub const FORMAT_VERSION: u32 = 1;
+/// The `__metadata__` key of every tensor file ckptio writes: the checkpoint's id.
+pub const CHECKPOINT_ID_KEY: &str = "ckptio.checkpoint_id";
 
 #[derive(Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
 #[serde(rename_all = "lowercase")]
@@ -50,6 +52,16 @@ pub enum FileRole {
     Tensors,
     /// A JSON side file (the Hugging Face shard index); `xxh3` covers all of it.
     Index,
+    /// A file the caller saved with the tensors (`config.json`, tokenizer files);
+    /// `xxh3` covers all of it.
+    Side,
+}
+
+impl FileRole {
+    /// Small files checked whole (size and checksum of every byte) by `verify`.
+    pub fn is_whole_file(self) -> bool {
+        matches!(self, FileRole::Index | FileRole::Side)
+    }
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]

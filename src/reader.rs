@@ -147,7 +147,7 @@ struct SideFile {
 /// it was reading (each retry needs a new swap to fail again).
 const OPEN_ATTEMPTS: usize = 8;
 
-fn open_dir(dir: &Path) -> Result<File> {
+pub(crate) fn open_dir(dir: &Path) -> Result<File> {
     match fs::metadata(dir) {
         Err(_) => {
             return Err(Error::NotFound {
@@ -208,7 +208,7 @@ fn open_error(path: &Path, e: std::io::Error) -> Error {
 }
 
 /// Opens a file the manifest lists; it must be a regular file.
-fn open_regular(dir_fd: &File, dir: &Path, name: &str) -> Result<File> {
+pub(crate) fn open_regular(dir_fd: &File, dir: &Path, name: &str) -> Result<File> {
     let path = dir.join(name);
     let file = openat(dir_fd, name).map_err(|e| open_error(&path, e))?;
     let meta = file.metadata().ctx("stat", &path)?;
@@ -261,8 +261,7 @@ fn map_tensor_file(
 ) -> Result<(MappedFile, format::ParsedHeader)> {
     let path = dir.join(&rec.name);
     let file = open_regular(dir_fd, dir, &rec.name)?;
-    let id = FileId::of(&file, &path)?;
-    let len = id.len;
+    let len = file.metadata().ctx("stat", &path)?.len();
     if len != rec.size {
         return Err(Error::corrupt(
             &path,
@@ -270,6 +269,21 @@ fn map_tensor_file(
             format!("file is {len} bytes, the manifest says {}", rec.size),
         ));
     }
+    let stored = parse_hex(&path, "header", &rec.xxh3)?;
+    map_safetensors(&rec.name, path, file, Some(stored))
+}
+
+/// Maps an opened safetensors file and validates its header: the length prefix before
+/// mapping, then the header checksum (when there is one), then every structural rule
+/// (`format::parse`). The file is closed on return; its mappings stay.
+pub(crate) fn map_safetensors(
+    name: &str,
+    path: PathBuf,
+    file: File,
+    header_xxh3: Option<u64>,
+) -> Result<(MappedFile, format::ParsedHeader)> {
+    let id = FileId::of(&file, &path)?;
+    let len = id.len;
     // Check the header length before mapping: a hostile prefix is refused without
     // mapping (let alone reading) the gigabytes it claims.
     let mut prefix = [0u8; 8];
@@ -284,15 +298,14 @@ fn map_tensor_file(
     // place by ckptio; the private mapping keeps writes local to this process.
     let mut map = unsafe { MmapOptions::new().map_copy(&file) }.ctx("mmap", &path)?;
     let ptr = NonNull::new(map.as_mut_ptr()).expect("mmap is non-null");
-    let stored = parse_hex(&path, "header", &rec.xxh3)?;
-    if checksum::hash(&map[..hlen as usize]) != stored {
+    if header_xxh3.is_some_and(|stored| checksum::hash(&map[..hlen as usize]) != stored) {
         return Err(Error::corrupt(&path, None, "header checksum mismatch"));
     }
     let header = format::parse(&path, &map)?;
     // SAFETY: as above; read-only.
     let pristine = unsafe { Mmap::map(&file) }.ctx("mmap", &path)?;
     let mapped = MappedFile {
-        name: rec.name.clone(),
+        name: name.to_owned(),
         path,
         id,
         map,
@@ -339,7 +352,7 @@ fn open_in(dir: &Path, dir_fd: File) -> std::result::Result<Checkpoint, (Error, 
             let side_files: Vec<Option<SideFile>> = manifest
                 .files
                 .iter()
-                .filter(|r| r.role == FileRole::Index)
+                .filter(|r| r.role.is_whole_file())
                 .map(|r| open_side_file(&dir_fd, dir, &r.name).ok())
                 .collect();
             if side_files.iter().any(Option::is_none) && replaced(dir, &dir_fd) {
@@ -447,8 +460,42 @@ fn open_checkpoint(dir: &Path, dir_fd: &File) -> Result<Opened> {
 }
 
 impl Checkpoint {
+    /// A checkpoint read without a ckptio manifest (see `foreign.rs`): `manifest` is
+    /// made up from the headers, with checksum `"none"` and no side files.
+    pub(crate) fn without_checksums(
+        dir: PathBuf,
+        dir_fd: File,
+        manifest: Manifest,
+        files: Vec<MappedFile>,
+        tensors: Vec<TensorInfo>,
+    ) -> Checkpoint {
+        Checkpoint {
+            dir,
+            manifest,
+            files,
+            tensors,
+            dir_fd,
+            side_files: Vec::new(),
+        }
+    }
+
     pub fn kind(&self) -> Kind {
         self.manifest.kind
+    }
+
+    /// False for a directory read without a ckptio manifest: nothing to verify against.
+    pub fn has_checksums(&self) -> bool {
+        self.manifest.checksum == checksum::ALGORITHM
+    }
+
+    pub(crate) fn require_checksums(&self) -> Result<()> {
+        if self.has_checksums() {
+            return Ok(());
+        }
+        Err(Error::NotFound {
+            what: "no checksums to check: not a ckptio checkpoint (no ckptio.json manifest) at",
+            path: self.dir.clone(),
+        })
     }
 
     /// Reopens a file of the checkpoint by name, in the directory that was opened:
@@ -482,9 +529,12 @@ impl Checkpoint {
 
     /// Checks every byte: headers, tensor data and side files against their checksums,
     /// over read-only mappings of the files that were opened (so writes the caller made
-    /// to loaded arrays are not mistaken for corruption), and that the directory holds
-    /// nothing the manifest does not list. Reports every bad tensor, naming the first.
-    pub fn verify(&self, threads: usize) -> Result<()> {
+    /// to loaded arrays are not mistaken for corruption). Reports every bad tensor,
+    /// naming the first. Returns the names of entries in the directory that the
+    /// manifest does not list (files added after the save): not corruption, but
+    /// nothing covers them.
+    pub fn verify(&self, threads: usize) -> Result<Vec<String>> {
+        self.require_checksums()?;
         for f in &self.files {
             // Same file, same size (a truncated mapping would fault); closed at once.
             self.reopen(&f.name, f.id)?;
@@ -531,51 +581,14 @@ impl Checkpoint {
         self.verify_side_files()
     }
 
-    fn verify_side_files(&self) -> Result<()> {
+    fn verify_side_files(&self) -> Result<Vec<String>> {
         let records = self
             .manifest
             .files
             .iter()
-            .filter(|r| r.role == FileRole::Index);
+            .filter(|r| r.role.is_whole_file());
         for (rec, side) in records.zip(&self.side_files) {
-            let path = self.dir.join(&rec.name);
-            let read;
-            let (len, bytes): (u64, &[u8]) = match side {
-                Some(side) => {
-                    self.reopen(&rec.name, side.id)?;
-                    (side.id.len, side.map.as_deref().unwrap_or_default())
-                }
-                None => {
-                    // Not there at open: open it again for the error (or the file).
-                    let file = open_regular(&self.dir_fd, &self.dir, &rec.name)?;
-                    let len = file.metadata().ctx("stat", &path)?.len();
-                    read = if len == rec.size && len <= MAX_SIDE_FILE_LEN {
-                        let mut buf = vec![0u8; len as usize];
-                        file.read_exact_at(&mut buf, 0).ctx("read", &path)?;
-                        buf
-                    } else {
-                        Vec::new()
-                    };
-                    (len, &read)
-                }
-            };
-            if len != rec.size {
-                return Err(Error::corrupt(
-                    &path,
-                    None,
-                    "file size differs from the manifest",
-                ));
-            }
-            // Side files are small JSON; the cap bounds what a hostile one makes us read.
-            if len > MAX_SIDE_FILE_LEN {
-                return Err(Error::format(
-                    &path,
-                    format!("side file is {len} bytes, over the {MAX_SIDE_FILE_LEN}-byte cap"),
-                ));
-            }
-            if checksum::to_hex(checksum::hash(bytes)) != rec.xxh3 {
-                return Err(Error::corrupt(&path, None, "checksum mismatch"));
-            }
+            self.read_whole_file(rec, side.as_ref())?;
         }
         let listed: HashSet<&str> = self
             .manifest
@@ -583,18 +596,77 @@ impl Checkpoint {
             .iter()
             .map(|f| f.name.as_str())
             .collect();
+        let mut uncovered = Vec::new();
         for entry in self.list_dir()? {
             let name = entry.ctx("list", &self.dir)?.file_name();
             let name = name.to_string_lossy();
             if name != MANIFEST_NAME && !listed.contains(&*name) {
-                return Err(Error::corrupt(
-                    &self.dir.join(&*name),
-                    None,
-                    "unexpected file in the checkpoint directory",
-                ));
+                uncovered.push(name.into_owned());
             }
         }
-        Ok(())
+        uncovered.sort();
+        Ok(uncovered)
+    }
+
+    /// The bytes of a side file (role `side` or `index`), checked against the
+    /// manifest's size and checksum.
+    pub fn read_side_file(&self, name: &str) -> Result<Vec<u8>> {
+        let mut whole = self
+            .manifest
+            .files
+            .iter()
+            .filter(|r| r.role.is_whole_file())
+            .zip(&self.side_files);
+        match whole.find(|(r, _)| r.name == name) {
+            Some((rec, side)) => self.read_whole_file(rec, side.as_ref()),
+            None => Err(Error::InvalidArgument(format!(
+                "{}: no side file {name:?} in the manifest",
+                self.dir.display()
+            ))),
+        }
+    }
+
+    /// The bytes of a file checked whole (`side`: the file as found at open), checked
+    /// against the manifest's size and checksum.
+    fn read_whole_file(&self, rec: &manifest::FileRecord, side: Option<&SideFile>) -> Result<Vec<u8>> {
+        let path = self.dir.join(&rec.name);
+        let (len, bytes): (u64, Vec<u8>) = match side {
+            Some(side) => {
+                self.reopen(&rec.name, side.id)?;
+                (side.id.len, side.map.as_deref().unwrap_or_default().to_vec())
+            }
+            None => {
+                // Not there at open: open it again for the error (or the file).
+                let file = open_regular(&self.dir_fd, &self.dir, &rec.name)?;
+                let len = file.metadata().ctx("stat", &path)?.len();
+                let bytes = if len == rec.size && len <= MAX_SIDE_FILE_LEN {
+                    let mut buf = vec![0u8; len as usize];
+                    file.read_exact_at(&mut buf, 0).ctx("read", &path)?;
+                    buf
+                } else {
+                    Vec::new()
+                };
+                (len, bytes)
+            }
+        };
+        if len != rec.size {
+            return Err(Error::corrupt(
+                &path,
+                None,
+                "file size differs from the manifest",
+            ));
+        }
+        // Side files are small; the cap bounds what a hostile one makes us read.
+        if len > MAX_SIDE_FILE_LEN {
+            return Err(Error::format(
+                &path,
+                format!("side file is {len} bytes, over the {MAX_SIDE_FILE_LEN}-byte cap"),
+            ));
+        }
+        if checksum::to_hex(checksum::hash(&bytes)) != rec.xxh3 {
+            return Err(Error::corrupt(&path, None, "checksum mismatch"));
+        }
+        Ok(bytes)
     }
 
     /// Lists the directory that was opened (through `/proc/self/fd` on Linux), not

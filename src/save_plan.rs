@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::format::{self, FileLayout};
 use crate::limits::{self, MAX_MANIFEST_LEN, MAX_SIDE_FILE_LEN, MAX_USER_LEN, MAX_USER_NODES};
 use crate::manifest::{self, FileRecord, FileRole, Kind, Manifest, TensorRecord, MANIFEST_NAME};
-use crate::writer::{GroupSource, SaveOptions, TensorSource};
+use crate::writer::{GroupSource, SaveOptions, SideFile, TensorSource};
 
 /// A file to write: its layout and, per tensor, where the bytes come from.
 pub(crate) struct PlannedFile<'a> {
@@ -63,6 +63,38 @@ fn validate(groups: &[GroupSource]) -> Result<()> {
     Ok(())
 }
 
+/// Side files take plain names the save does not write itself: never the manifest, a
+/// tensor file or a shard index (`*.safetensors*`), which loaders would take for weights.
+fn validate_side_files(files: &[SideFile]) -> Result<()> {
+    let mut names = HashSet::new();
+    for f in files {
+        let reserved = f.name == MANIFEST_NAME
+            || f.name.ends_with(".safetensors")
+            || f.name.ends_with(".safetensors.index.json");
+        if !manifest::is_safe_file_name(f.name) || reserved {
+            return Err(Error::InvalidArgument(format!(
+                "side file name {:?} is not allowed: use a plain name (letters, digits, \
+                 '.', '-', '_'; not hidden), not ckptio.json or *.safetensors*",
+                f.name
+            )));
+        }
+        if !names.insert(f.name) {
+            return Err(Error::InvalidArgument(format!(
+                "side file {:?} given twice",
+                f.name
+            )));
+        }
+        if f.data.len() as u64 > MAX_SIDE_FILE_LEN {
+            return Err(Error::InvalidArgument(format!(
+                "side file {:?} is {} bytes, over the {MAX_SIDE_FILE_LEN}-byte cap",
+                f.name,
+                f.data.len(),
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Splits a group into shards in save order.
 fn shard<'a>(g: &'a GroupSource<'a>, max: Option<u64>) -> Vec<Vec<&'a TensorSource<'a>>> {
     let Some(max) = max else {
@@ -98,7 +130,7 @@ fn plan_files<'a>(
                 format!("{}-{:05}-of-{:05}.safetensors", g.name, i + 1, n)
             };
             let mut meta = g.header_metadata.clone();
-            meta.push(("ckptio.checkpoint_id".into(), checkpoint_id.into()));
+            meta.push((manifest::CHECKPOINT_ID_KEY.into(), checkpoint_id.into()));
             let specs: Vec<(&str, Dtype, &[u64])> =
                 sources.iter().map(|t| (t.name, t.dtype, t.shape)).collect();
             let layout = format::plan(&specs, &meta).map_err(|e| match e {
@@ -157,12 +189,14 @@ pub(crate) struct Planned<'a> {
 pub(crate) fn plan<'a>(
     kind: Kind,
     groups: &'a [GroupSource<'a>],
+    side_files: &[SideFile],
     user: Box<RawValue>,
     opts: &SaveOptions,
 ) -> Result<Planned<'a>> {
     validate(groups)?;
+    validate_side_files(side_files)?;
     check_user(&user)?;
-    let mut planned = lay_out(kind, groups, user, opts)?;
+    let mut planned = lay_out(kind, groups, side_files, user, opts)?;
     let encoded = manifest::encode(&planned.manifest);
     check_manifest(&encoded)?;
     planned.manifest_len = encoded.len();
@@ -182,6 +216,7 @@ pub(crate) fn plan<'a>(
 fn lay_out<'a>(
     kind: Kind,
     groups: &'a [GroupSource<'a>],
+    side_files: &[SideFile],
     user: Box<RawValue>,
     opts: &SaveOptions,
 ) -> Result<Planned<'a>> {
@@ -206,6 +241,14 @@ fn lay_out<'a>(
             role: FileRole::Index,
             size: bytes.len() as u64,
             xxh3: checksum::to_hex(checksum::hash(bytes)),
+        });
+    }
+    for f in side_files {
+        file_records.push(FileRecord {
+            name: f.name.to_owned(),
+            role: FileRole::Side,
+            size: f.data.len() as u64,
+            xxh3: checksum::to_hex(checksum::hash(f.data)),
         });
     }
     // Tensor records in the caller's order.

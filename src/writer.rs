@@ -43,6 +43,14 @@ pub struct GroupSource<'a> {
     pub header_metadata: Vec<(String, String)>,
 }
 
+/// A small file saved whole beside the tensor files (`config.json`, tokenizer files),
+/// checksummed in the manifest and committed with the rest.
+#[derive(Debug, Clone, Copy)]
+pub struct SideFile<'a> {
+    pub name: &'a str,
+    pub data: &'a [u8],
+}
+
 #[derive(Debug, Clone)]
 pub struct SaveOptions {
     pub overwrite: bool,
@@ -291,19 +299,34 @@ pub fn save(
     user: Box<RawValue>,
     opts: &SaveOptions,
 ) -> Result<()> {
+    save_with_files(target, kind, groups, &[], user, opts)
+}
+
+/// [`save`], plus side files written whole and committed with the tensors.
+pub fn save_with_files(
+    target: &Path,
+    kind: Kind,
+    groups: &[GroupSource],
+    side_files: &[SideFile],
+    user: Box<RawValue>,
+    opts: &SaveOptions,
+) -> Result<()> {
     let Planned {
         files,
         indexes,
         mut manifest,
         locations,
         manifest_len,
-    } = save_plan::plan(kind, groups, user, opts)?;
+    } = save_plan::plan(kind, groups, side_files, user, opts)?;
     let staging: Staging = commit::stage(target, opts.overwrite)?;
     fault::point("staged");
     let hashes =
         pool::get(opts.threads)?.install(|| write_files(&staging, &files, opts.durable))?;
     for (name, bytes) in &indexes {
         write_small_file(&staging, name, bytes, opts.durable)?;
+    }
+    for f in side_files {
+        write_small_file(&staging, f.name, f.data, opts.durable)?;
     }
     for (rec, &(fi, ti)) in manifest.tensors.iter_mut().zip(&locations) {
         rec.xxh3 = checksum::to_hex(hashes[fi][ti]);

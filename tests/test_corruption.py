@@ -201,15 +201,15 @@ def test_missing_file(tmp_path: Path, sharded: bool) -> None:
 
 @pytest.mark.parametrize("extra", ["notes.txt", ".hidden", "model-00009-of-00009.safetensors", "subdir"])
 def test_extra_file(tmp_path: Path, extra: str) -> None:
+    """A file dropped in after the save is not part of the checkpoint: verify passes
+    and names it as not covered by checksums."""
     ckpt = _save(tmp_path / "ck", 5, sharded=True)
     if extra == "subdir":
         (ckpt / extra).mkdir()
     else:
         (ckpt / extra).write_bytes(b"not part of the checkpoint")
     ckptio.open(ckpt)  # open reads only what the manifest lists
-    with pytest.raises(ckptio.CorruptCheckpointError) as info:
-        ckptio.verify(ckpt)
-    assert Path(info.value.file).name == extra and "unexpected" in str(info.value)
+    assert ckptio.verify(ckpt) == [extra]
 
 
 def test_swapped_files(tmp_path: Path) -> None:

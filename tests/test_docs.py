@@ -18,6 +18,13 @@ MODULES = [
     "ckptio._tensors",
     "ckptio._gc",
     "ckptio._tree",
+    "ckptio._side_files",
+    "ckptio.hf._common",
+    "ckptio.hf.cli",
+    "ckptio.hf.export",
+    "ckptio.hf.importer",
+    "ckptio.hf.keymaps",
+    "ckptio.hf.peft",
 ]
 
 

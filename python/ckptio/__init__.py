@@ -13,7 +13,8 @@ Example:
     >>> import numpy as np, ckptio, tempfile, os
     >>> path = os.path.join(tempfile.mkdtemp(), "step-1")
     >>> _ = ckptio.save_state(path, {"w": np.ones(3, np.float32)}, {"step": 1}, step=1)
-    >>> ckptio.verify(path)
+    >>> ckptio.verify(path)  # every byte checked; lists files no checksum covers
+    []
     >>> ckptio.load_state(path)["w"]
     array([1., 1., 1.], dtype=float32)
 """
@@ -44,7 +45,9 @@ from .errors import (
     CorruptCheckpointError,
     FormatError,
     StorageError,
+    UnverifiedCheckpointWarning,
 )
+from .hf import export, import_checkpoint
 
 __version__ = "0.1.0"
 
@@ -60,7 +63,10 @@ __all__ = [
     "StorageError",
     "TensorInfo",
     "TrainingState",
+    "UnverifiedCheckpointWarning",
     "cleanup",
+    "export",
+    "import_checkpoint",
     "load_state",
     "load_state_with_optimizer",
     "open",

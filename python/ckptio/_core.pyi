@@ -14,6 +14,7 @@ __all__ = [
     "cleanup",
     "copy_into",
     "open",
+    "open_safetensors",
     "save",
 ]
 
@@ -43,11 +44,18 @@ def save(
     durable: bool = True,
     threads: int = 0,
     max_shard_bytes: int | None = None,
+    side_files: Sequence[tuple[str, bytes]] = ...,
 ) -> None:
-    """Writes a checkpoint directory atomically; releases the GIL while writing."""
+    """Writes a checkpoint directory atomically; releases the GIL while writing.
+    ``side_files`` are (plain name, bytes) pairs saved whole, checksummed."""
 
 def open(path: str | PathLike[str]) -> Checkpoint:
     """Reads and checks the manifest and every header, maps the files privately."""
+
+def open_safetensors(path: str | PathLike[str], names: Sequence[str] | None = None) -> Checkpoint:
+    """Maps the safetensors files of a directory without a ckptio manifest (``names``,
+    or the shards of its index, or every ``*.safetensors``), every header validated;
+    the result has no checksums (``has_checksums`` is False, ``verify`` refuses)."""
 
 def copy_into(
     pairs: Sequence[tuple[_Source, Buffer]], threads: int = 0, *, names: Sequence[str] | None = None
@@ -70,10 +78,17 @@ class Checkpoint:
     def user_json(self) -> str: ...
     @property
     def file_names(self) -> list[str]: ...
+    @property
+    def has_checksums(self) -> bool: ...
+    @property
+    def side_file_names(self) -> list[str]: ...
+    def read_side_file(self, name: str) -> bytes:
+        """A side file's bytes, checked against its size and checksum."""
     def tensors(self) -> list[tuple[str, str, str, list[int], int, int, int]]:
         """(group, name, dtype, shape, file index, begin, end), in save order."""
     def file(self, index: int) -> MappedFile: ...
-    def verify(self, threads: int = 0) -> None: ...
+    def verify(self, threads: int = 0) -> list[str]:
+        """Checks every byte; returns the directory entries the manifest does not list."""
     def read_into(self, jobs: Sequence[tuple[int, Buffer]], verify: bool = True, threads: int = 0) -> None:
         """Reads tensors (by index in ``tensors()``) into writable, non-overlapping
         buffers with parallel positional reads, checking each tensor's checksum when

@@ -14,6 +14,7 @@ import numpy as np
 
 from . import _core
 from ._gc import gc_paused
+from ._side_files import prepare_side_files
 from ._tensors import SameViews, as_saveable, is_torch_tensor
 from ._tree import flatten, int_json
 from .checkpoint import OPTIMIZER, WEIGHTS
@@ -53,7 +54,7 @@ def _rows(items: Any, *, fold_tied: bool) -> _Rows:
     return _Rows(rows, aliases, order)
 
 
-def _user_section(metadata: Any, step: Any, skeleton: Any, weights: _Rows) -> str:
+def _user_section(metadata: Any, step: Any, skeleton: Any, weights: _Rows, weights_group: str) -> str:
     if step is not None:
         if isinstance(step, bool) or not hasattr(step, "__index__"):
             raise TypeError(f"step must be an int or None, got {type(step).__name__}")
@@ -68,6 +69,8 @@ def _user_section(metadata: Any, step: Any, skeleton: Any, weights: _Rows) -> st
     if weights.aliases:
         section["aliases"] = weights.aliases
         section["order"] = weights.order
+    if weights_group != WEIGHTS:  # e.g. adapter_model.safetensors for PEFT
+        section["weights_group"] = weights_group
     return '{"metadata":' + meta_json + "," + json.dumps(section, allow_nan=False)[1:]
 
 
@@ -87,6 +90,8 @@ class SavePlan:
         durable: bool = True,
         threads: int | None = None,
         max_shard_bytes: int | None = None,
+        extra_files: Mapping[str, Any] | None = None,
+        weights_group: str = WEIGHTS,
     ) -> None:
         if not isinstance(weights, Mapping):
             raise TypeError(f"weights must be a mapping of name -> array, got {type(weights).__name__}")
@@ -98,16 +103,19 @@ class SavePlan:
         self.kind = kind
         self.overwrite, self.durable = overwrite, durable
         self.threads, self.max_shard_bytes = threads or 0, max_shard_bytes
+        if weights_group == OPTIMIZER:
+            raise ValueError(f"the weights cannot be stored as group {OPTIMIZER!r}")
+        self.side_files = prepare_side_files(extra_files)
         with gc_paused():
             folded = _rows(weights.items(), fold_tied=True)
             self.groups: list[tuple[str, list[_Row], list[tuple[str, str]]]] = [
-                (WEIGHTS, folded.rows, [("format", "pt")])
+                (weights_group, folded.rows, [("format", "pt")])
             ]
             skeleton = None
             if kind == "state":
                 skeleton, arrays = flatten(optimizer_state)
                 self.groups.append((OPTIMIZER, _rows(arrays, fold_tied=False).rows, []))
-        self.user_json = _user_section(metadata, step, skeleton, folded)
+        self.user_json = _user_section(metadata, step, skeleton, folded, weights_group)
 
     @property
     def nbytes(self) -> int:
@@ -159,5 +167,6 @@ class SavePlan:
             durable=self.durable,
             threads=self.threads,
             max_shard_bytes=self.max_shard_bytes,
+            side_files=self.side_files,
         )
         return self.path

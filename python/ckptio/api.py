@@ -38,6 +38,7 @@ def save_weights_for_sampler(
     durable: bool = True,
     threads: int | None = None,
     max_shard_bytes: int | None = None,
+    extra_files: Mapping[str, Any] | None = None,
 ) -> Path:
     """Saves weights only: a light, inference-ready ``sampler`` checkpoint.
 
@@ -45,6 +46,10 @@ def save_weights_for_sampler(
     from their memory. The directory appears atomically; an existing one is replaced
     only with ``overwrite=True``. ``durable=False`` skips the fsyncs (faster, but a
     power loss may lose the checkpoint; never a half one under the name).
+
+    ``extra_files`` saves small files with the weights, checksummed and committed with
+    them: ``{"config.json": value}`` where a value is ``bytes``, a ``str`` (text), a
+    path (``pathlib.Path``: the file's contents) or a dict (saved as JSON).
 
     Example:
         >>> import numpy as np, ckptio, tempfile, os
@@ -55,6 +60,7 @@ def save_weights_for_sampler(
     return SavePlan(
         path, "sampler", weights, metadata=metadata,
         overwrite=overwrite, durable=durable, threads=threads, max_shard_bytes=max_shard_bytes,
+        extra_files=extra_files,
     ).write()  # fmt: skip
 
 
@@ -69,12 +75,14 @@ def save_state(
     durable: bool = True,
     threads: int | None = None,
     max_shard_bytes: int | None = None,
+    extra_files: Mapping[str, Any] | None = None,
 ) -> Path:
     """Saves weights and optimizer state: a ``state`` checkpoint for an exact resume.
 
     ``optimizer_state`` is any tree of dict / list / tuple whose leaves are arrays,
     tensors, or the scalars int, float, bool, None and str; it comes back identical
-    (types, key order, bits). Nothing is pickled.
+    (types, key order, bits). Nothing is pickled. ``extra_files`` as in
+    ``save_weights_for_sampler``.
 
     Example:
         >>> import numpy as np, ckptio, tempfile, os
@@ -88,12 +96,18 @@ def save_state(
     return SavePlan(
         path, "state", weights, optimizer_state, step=step, metadata=metadata,
         overwrite=overwrite, durable=durable, threads=threads, max_shard_bytes=max_shard_bytes,
+        extra_files=extra_files,
     ).write()  # fmt: skip
 
 
 def open(path: PathLike) -> Checkpoint:
     """Opens a checkpoint lazily: validates the manifest and headers, maps the files,
     reads no tensor data.
+
+    A directory of plain safetensors files without a ckptio manifest (Hugging Face's
+    ``save_pretrained`` output, one file or shards with their index), or a single
+    ``.safetensors`` file, opens too: read-only, every header validated as for
+    ckptio's own files, but without checksums, with one ``UnverifiedCheckpointWarning``.
 
     Example:
         >>> import numpy as np, ckptio, tempfile, os
@@ -102,7 +116,7 @@ def open(path: PathLike) -> Checkpoint:
         >>> ckptio.open(path).info("bias")
         TensorInfo(name='bias', group='model', dtype='F32', shape=(), nbytes=4, file='model.safetensors')
     """
-    return Checkpoint(path)
+    return Checkpoint(path, allow_foreign=True)
 
 
 def load_state(
@@ -120,7 +134,8 @@ def load_state(
     ``verify=True`` checks every tensor's checksum first. By default the load checks
     the manifest checksum, every header checksum and all structure, but not the data.
     ``copy=True`` reads the weights into fresh memory instead of mapping them (parallel
-    reads, each tensor's checksum checked as it is read).
+    reads, each tensor's checksum checked as it is read). Plain safetensors files open
+    as in ``open`` (no checksums: ``verify=True`` refuses them).
 
     Example:
         >>> import numpy as np, ckptio, tempfile, os
@@ -129,7 +144,7 @@ def load_state(
         >>> list(ckptio.load_state(path))
         ['b', 'a']
     """
-    ckpt = Checkpoint(path)
+    ckpt = Checkpoint(path, allow_foreign=True)
     if verify:
         ckpt.verify()
     if not copy:
@@ -170,19 +185,26 @@ def load_state_with_optimizer(
     return TrainingState(weights, optimizer_state, ckpt.step, ckpt.metadata)
 
 
-def verify(path: PathLike, *, threads: int | None = None) -> None:
-    """Checks every byte of a checkpoint against its checksums.
+def verify(path: PathLike, *, threads: int | None = None) -> list[str]:
+    """Checks every byte of a checkpoint against its checksums: tensors, headers, side
+    files, manifest.
 
     Raises CorruptCheckpointError naming the file and tensor, FormatError for structural
-    damage, CheckpointNotFoundError if there is no checkpoint.
+    damage, CheckpointNotFoundError if there is no checkpoint. Returns the names of the
+    files in the directory that the manifest does not list (added after the save):
+    they are not corruption, but no checksum covers them.
 
     Example:
-        >>> import numpy as np, ckptio, tempfile, os
+        >>> import numpy as np, ckptio, tempfile, os, pathlib
         >>> path = os.path.join(tempfile.mkdtemp(), "ck")
         >>> _ = ckptio.save_weights_for_sampler(path, {"w": np.arange(4)})
-        >>> ckptio.verify(path)  # silent when intact
+        >>> ckptio.verify(path)  # intact, nothing uncovered
+        []
+        >>> _ = pathlib.Path(path, "notes.txt").write_text("dropped in later")
+        >>> ckptio.verify(path)
+        ['notes.txt']
     """
-    Checkpoint(path).verify(threads=threads)
+    return Checkpoint(path).verify(threads=threads)
 
 
 class CleanupResult(list[Path]):

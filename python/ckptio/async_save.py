@@ -144,11 +144,13 @@ def save_state_async(
     threads: int | None = None,
     max_shard_bytes: int | None = None,
     snapshot: bool = True,
+    extra_files: Mapping[str, Any] | None = None,
 ) -> SaveFuture:
     """``save_state`` in the background; returns once the state is snapshotted.
 
-    Argument errors (bad names, dtypes, tree leaves) raise here, at once; errors of
-    the write itself (disk full, target exists) come from ``future.result()``.
+    Argument errors (bad names, dtypes, tree leaves, unreadable ``extra_files``) raise
+    here, at once; errors of the write itself (disk full, target exists) come from
+    ``future.result()``. ``extra_files`` are read during the call.
 
     Example:
         >>> import numpy as np, ckptio, tempfile, os
@@ -161,6 +163,7 @@ def save_state_async(
     plan = SavePlan(
         path, "state", weights, optimizer_state, step=step, metadata=metadata,
         overwrite=overwrite, durable=durable, threads=threads, max_shard_bytes=max_shard_bytes,
+        extra_files=extra_files,
     )  # fmt: skip
     return _submit(plan, snapshot)
 
@@ -175,6 +178,7 @@ def save_weights_for_sampler_async(
     threads: int | None = None,
     max_shard_bytes: int | None = None,
     snapshot: bool = True,
+    extra_files: Mapping[str, Any] | None = None,
 ) -> SaveFuture:
     """``save_weights_for_sampler`` in the background; returns once the weights are
     snapshotted (see ``save_state_async``).
@@ -189,6 +193,7 @@ def save_weights_for_sampler_async(
     plan = SavePlan(
         path, "sampler", weights, metadata=metadata,
         overwrite=overwrite, durable=durable, threads=threads, max_shard_bytes=max_shard_bytes,
+        extra_files=extra_files,
     )  # fmt: skip
     return _submit(plan, snapshot)
 

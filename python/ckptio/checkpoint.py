@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -14,7 +16,7 @@ from . import _core
 from ._dtypes import ITEMSIZE, st_to_numpy, st_to_torch
 from ._gc import gc_paused
 from ._tree import array_leaves, int_from_json, unflatten
-from .errors import CheckpointKindError, FormatError
+from .errors import CheckpointKindError, CheckpointNotFoundError, FormatError, UnverifiedCheckpointWarning
 
 WEIGHTS = "model"
 OPTIMIZER = "optimizer"
@@ -43,6 +45,12 @@ class Checkpoint(Mapping[str, Any]):
 
     Mapping access covers the weights; ``optimizer_state()`` rebuilds the optimizer tree.
 
+    ``allow_foreign=True`` (what ``ckptio.open`` and ``load_state`` pass) also opens
+    plain safetensors files that have no ckptio manifest (a Hugging Face
+    ``save_pretrained`` directory, or one ``.safetensors`` file): read-only, every
+    header validated, but without checksums (``checksummed`` is False, ``verify``
+    refuses), with one ``UnverifiedCheckpointWarning``.
+
     Example:
         >>> import numpy as np, ckptio, tempfile, os
         >>> d = tempfile.mkdtemp()
@@ -52,9 +60,20 @@ class Checkpoint(Mapping[str, Any]):
         sampler ['w'] (3,) 3.0
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path)
-        self._core = _core.open(self.path)
+    def __init__(self, path: str | os.PathLike[str], *, allow_foreign: bool = False) -> None:
+        self._attach(Path(path), _open_core(Path(path), allow_foreign))
+
+    @classmethod
+    def _of(cls, path: Path, core: _core.Checkpoint) -> Checkpoint:
+        """A Checkpoint over a core view opened by the caller (import opens plain
+        safetensors files itself, and says so itself)."""
+        self = cls.__new__(cls)
+        self._attach(path, core)
+        return self
+
+    def _attach(self, path: Path, core: _core.Checkpoint) -> None:
+        self.path = path
+        self._core = core
         try:
             self._user = json.loads(self._core.user_json)
             if not isinstance(self._user, dict):
@@ -62,13 +81,26 @@ class Checkpoint(Mapping[str, Any]):
         except (ValueError, TypeError) as e:
             raise FormatError(f"{self.path}: invalid user section in manifest: {e}", file=self.path) from None
         names = self._core.file_names
+        stored_as = self._weights_group()
         self._infos: dict[tuple[str, str], tuple[TensorInfo, int, int, int, int]] = {}
         with gc_paused():
-            for index, (group, name, dtype, shape, fi, begin, end) in enumerate(self._core.tensors()):
+            for index, (stored, name, dtype, shape, fi, begin, end) in enumerate(self._core.tensors()):
+                # "model" names the weights, whatever file stem they are stored under.
+                group = WEIGHTS if stored == stored_as else stored
+                if stored == WEIGHTS != stored_as:
+                    raise FormatError(f"{self.path}: two groups of weights in the manifest", file=self.path)
                 info = TensorInfo(name, group, dtype, shape, end - begin, names[fi])
                 self._infos[(group, name)] = (info, fi, begin, end, index)
         self._aliases, self._weight_names = self._read_aliases()
         self._bytes: dict[int, np.ndarray] = {}
+
+    def _weights_group(self) -> str:
+        """The group (file stem) holding the weights: ``model`` unless the save chose
+        another (``adapter_model`` for a PEFT adapter)."""
+        group = self._user.get("weights_group", WEIGHTS)
+        if not isinstance(group, str) or group == OPTIMIZER:
+            raise FormatError(f"{self.path}: invalid weights_group in manifest", file=self.path)
+        return group
 
     def _read_aliases(self) -> tuple[dict[str, str], list[str]]:
         """Tied weights: names saved as another entry's storage, and the full order."""
@@ -108,8 +140,20 @@ class Checkpoint(Mapping[str, Any]):
     @property
     def framework(self) -> str:
         """``"torch"`` if the weights were saved as torch tensors, else ``"numpy"``:
-        what loads return unless told otherwise."""
-        return "torch" if self._user.get("framework") == "torch" else "numpy"
+        what loads return unless told otherwise. (Safetensors files read without a
+        manifest: ``"torch"`` if their metadata says ``format: pt`` and torch is
+        installed.)"""
+        if self._user.get("framework") == "torch":
+            return "torch"
+        if not self.checksummed and isinstance(self.metadata, dict) and self.metadata.get("format") == "pt":
+            return "torch" if importlib.util.find_spec("torch") is not None else "numpy"
+        return "numpy"
+
+    @property
+    def checksummed(self) -> bool:
+        """False for safetensors files read without a ckptio manifest: nothing covers
+        their bytes, and ``verify`` refuses them."""
+        return bool(self._core.has_checksums)
 
     @property
     def files(self) -> list[str]:
@@ -120,6 +164,35 @@ class Checkpoint(Mapping[str, Any]):
             ['model.safetensors', 'optimizer.safetensors']
         """
         return list(self._core.file_names)
+
+    @property
+    def side_files(self) -> list[str]:
+        """The side files saved with the checkpoint (``config.json`` ...): checksummed,
+        read with ``read_side_file``.
+
+        Example:
+            >>> import numpy as np, ckptio, tempfile, os
+            >>> path = os.path.join(tempfile.mkdtemp(), "ck")
+            >>> _ = ckptio.save_weights_for_sampler(path, {"w": np.ones(1)}, extra_files={"notes.txt": "hi"})
+            >>> ckptio.open(path).side_files
+            ['notes.txt']
+        """
+        return list(self._core.side_file_names)
+
+    def read_side_file(self, name: str) -> bytes:
+        """The bytes of a side file, checked against its size and checksum
+        (CorruptCheckpointError if they differ).
+
+        Example:
+            >>> import numpy as np, ckptio, tempfile, os
+            >>> path = os.path.join(tempfile.mkdtemp(), "ck")
+            >>> _ = ckptio.save_weights_for_sampler(path, {"w": np.ones(1)}, extra_files={"notes.txt": "hi"})
+            >>> ckptio.open(path).read_side_file("notes.txt")
+            b'hi'
+        """
+        if name not in self._core.side_file_names:
+            raise KeyError(f"no side file {name!r} in {self.path} (side files: {self.side_files})")
+        return bytes(self._core.read_side_file(name))
 
     @property
     def names(self) -> list[str]:
@@ -237,7 +310,7 @@ class Checkpoint(Mapping[str, Any]):
                 raise ValueError(f"framework must be 'numpy' or 'torch', got {framework!r}")
             out[name] = arr
             jobs.append((index, dest))
-        self._core.read_into(jobs, True, 0)
+        self._core.read_into(jobs, self.checksummed, 0)
         if device is not None:
             out = {n: t.to(device) if not isinstance(t, np.ndarray) else t for n, t in out.items()}
         return out
@@ -291,14 +364,17 @@ class Checkpoint(Mapping[str, Any]):
         """
         self._core.prefetch()
 
-    def verify(self, *, threads: int | None = None) -> None:
-        """Hashes every tensor and header; raises CorruptCheckpointError naming the first
-        bad tensor and listing all of them.
+    def verify(self, *, threads: int | None = None) -> list[str]:
+        """Hashes every tensor, header and side file; raises CorruptCheckpointError
+        naming the first bad tensor and listing all of them. Returns the names of the
+        files in the directory that the manifest does not list (not covered by any
+        checksum, and not an error).
 
         Example:
-            >>> _example().verify()  # silent when intact
+            >>> _example().verify()  # intact, nothing uncovered
+            []
         """
-        self._core.verify(threads or 0)
+        return list(self._core.verify(threads or 0))
 
     # -- lifetime ----------------------------------------------------------------
     def close(self) -> None:
@@ -318,6 +394,39 @@ class Checkpoint(Mapping[str, Any]):
 
     def __repr__(self) -> str:
         return f"<ckptio.Checkpoint {self.kind} {str(self.path)!r}: {len(self._infos)} tensors>"
+
+
+def _open_core(path: Path, allow_foreign: bool) -> _core.Checkpoint:
+    """The core's view of a ckptio checkpoint or, with ``allow_foreign``, of plain
+    safetensors files (one warning: they carry no checksums)."""
+    try:
+        return _core.open(path)
+    except (CheckpointNotFoundError, FormatError):
+        if not allow_foreign or not _is_plain_safetensors(path):
+            raise
+    # A directory: its shard set or files. One file: that file alone.
+    core = _core.open_safetensors(path) if path.is_dir() else _core.open_safetensors(path.parent, [path.name])
+    warnings.warn(
+        f"{path} is not a ckptio checkpoint (no ckptio.json): reading its safetensors files "
+        "read-only and without checksums; `ckptio import` makes a verified copy",
+        UnverifiedCheckpointWarning,
+        stacklevel=4,
+    )
+    return core
+
+
+def _is_plain_safetensors(path: Path) -> bool:
+    """A ``.safetensors`` file, or a directory with one (or a shard index) and no
+    manifest."""
+    if path.is_file():
+        return path.name.endswith(".safetensors")
+    if not path.is_dir() or os.path.lexists(path / "ckptio.json"):
+        return False
+    with os.scandir(path) as entries:
+        return any(
+            e.name.endswith((".safetensors", ".safetensors.index.json")) and not e.name.startswith(".")
+            for e in entries
+        )
 
 
 def _torch_view(raw: np.ndarray, info: TensorInfo, device: Any) -> Any:

@@ -1,4 +1,5 @@
-"""The ``ckptio`` command: ``inspect``, ``verify``, ``cleanup``, ``bench``."""
+"""The ``ckptio`` command: ``inspect``, ``verify``, ``cleanup``, ``export``, ``import``,
+``bench``."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from collections.abc import Sequence
 from .api import cleanup
 from .checkpoint import Checkpoint
 from .errors import CkptioError
+from .hf.cli import add_parsers as add_hf_parsers
 
 
 def human_bytes(n: float) -> str:
@@ -27,7 +29,7 @@ def human_bytes(n: float) -> str:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    ckpt = Checkpoint(args.path)
+    ckpt = Checkpoint(args.path, allow_foreign=True)
     infos = ckpt.tensors
     total = sum(t.nbytes for t in infos)
     print(f"checkpoint  {ckpt.path}")
@@ -51,8 +53,10 @@ def _verify(args: argparse.Namespace) -> int:
     failed = 0
     for path in args.paths:
         try:
-            Checkpoint(path).verify()
+            uncovered = Checkpoint(path).verify()
             print(f"ok       {path}")
+            for name in uncovered:
+                print(f"         {name}: not covered by checksums (not part of the checkpoint)")
         except (CkptioError, OSError) as e:
             failed += 1
             print(f"FAILED   {path}: {e}")
@@ -87,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("cleanup", help="remove leftovers of interrupted saves in a directory")
     p.add_argument("directory")
     p.set_defaults(func=_cleanup)
+    add_hf_parsers(sub)
     try:
         from .bench.cli import add_parser as add_bench
     except ImportError:  # pragma: no cover - the bench ships with the package

@@ -23,6 +23,7 @@ __all__ = [
     "CorruptCheckpointError",
     "FormatError",
     "StorageError",
+    "UnverifiedCheckpointWarning",
 ]
 
 
@@ -74,3 +75,8 @@ class CheckpointKindError(CkptioError, ValueError):
 
 class StorageError(CkptioError, OSError):
     """An operating-system call failed; ``errno`` and ``filename`` are set."""
+
+
+class UnverifiedCheckpointWarning(UserWarning):
+    """Tensors were read from files that no ckptio manifest covers (a plain Hugging
+    Face safetensors directory): validated, but not checked against any checksum."""

@@ -351,6 +351,7 @@ def save_state(
     durable: bool = True,
     threads: int | None = None,
     max_shard_bytes: int | None = None,
+    extra_files: Mapping[str, Any] | None = None,
 ) -> Path:
     """Saves everything an exact resume needs: ``model.state_dict()``,
     ``optimizer.state_dict()``, ``scheduler.state_dict()``, the RNG states (``rng=True``)
@@ -373,7 +374,7 @@ def save_state(
     return api.save_state(
         path, weights, tree,
         step=step, metadata=metadata, overwrite=overwrite, durable=durable,
-        threads=threads, max_shard_bytes=max_shard_bytes,
+        threads=threads, max_shard_bytes=max_shard_bytes, extra_files=extra_files,
     )  # fmt: skip
 
 
@@ -392,6 +393,7 @@ def save_state_async(
     threads: int | None = None,
     max_shard_bytes: int | None = None,
     snapshot: bool = True,
+    extra_files: Mapping[str, Any] | None = None,
 ) -> SaveFuture:
     """``save_state`` in the background (see ``ckptio.save_state_async``): returns once
     the model, optimizer, scheduler, RNG and ``extra`` state are captured, so training
@@ -412,7 +414,7 @@ def save_state_async(
     return save_state_async_core(
         path, weights, tree,
         step=step, metadata=metadata, overwrite=overwrite, durable=durable,
-        threads=threads, max_shard_bytes=max_shard_bytes, snapshot=snapshot,
+        threads=threads, max_shard_bytes=max_shard_bytes, snapshot=snapshot, extra_files=extra_files,
     )  # fmt: skip
 
 
@@ -512,10 +514,13 @@ def save_weights_for_sampler(
     durable: bool = True,
     threads: int | None = None,
     max_shard_bytes: int | None = None,
+    extra_files: Mapping[str, Any] | None = None,
 ) -> Path:
     """Saves what inference needs: ``model.state_dict()`` (parameters and persistent
     buffers), as a ``sampler`` checkpoint. ``dtype`` casts floating-point tensors
-    (e.g. ``torch.bfloat16``); tied parameters stay stored once.
+    (e.g. ``torch.bfloat16``); tied parameters stay stored once. ``extra_files``
+    (e.g. ``{"config.json": model.config.to_dict()}``) as in
+    ``ckptio.save_weights_for_sampler``.
 
     Example:
         >>> import torch, ckptio.torch, tempfile, os
@@ -537,7 +542,7 @@ def save_weights_for_sampler(
     return api.save_weights_for_sampler(
         path, weights,
         metadata=metadata, overwrite=overwrite, durable=durable,
-        threads=threads, max_shard_bytes=max_shard_bytes,
+        threads=threads, max_shard_bytes=max_shard_bytes, extra_files=extra_files,
     )  # fmt: skip
 
 

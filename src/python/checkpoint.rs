@@ -7,10 +7,11 @@ use std::sync::Arc;
 use pyo3::exceptions::PyIndexError;
 use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::types::PyTuple;
+use pyo3::types::{PyBytes, PyTuple};
 
 use super::borrowed;
 use super::errors::IntoPyResult;
+use crate::manifest::FileRole;
 use crate::reader::Checkpoint;
 
 #[pyclass(frozen, name = "Checkpoint", module = "ckptio._core")]
@@ -59,6 +60,31 @@ impl PyCheckpoint {
         self.inner.files.iter().map(|f| f.name.clone()).collect()
     }
 
+    /// False for safetensors files read without a ckptio manifest.
+    #[getter]
+    fn has_checksums(&self) -> bool {
+        self.inner.has_checksums()
+    }
+
+    /// The side files saved with the checkpoint (`config.json` ...), in manifest order.
+    #[getter]
+    fn side_file_names(&self) -> Vec<String> {
+        let records = self.inner.manifest.files.iter();
+        records
+            .filter(|r| r.role == FileRole::Side)
+            .map(|r| r.name.clone())
+            .collect()
+    }
+
+    /// The bytes of a side file, checked against its size and checksum.
+    fn read_side_file<'py>(&self, py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyBytes>> {
+        let inner = self.inner.clone();
+        let bytes = py
+            .detach(move || inner.read_side_file(name))
+            .into_py_result()?;
+        Ok(PyBytes::new(py, &bytes))
+    }
+
     /// (group, name, dtype, shape, file index, begin, end) per tensor, in save order.
     fn tensors<'py>(&self, py: Python<'py>) -> PyResult<Vec<TensorRow<'py>>> {
         // Shapes as tuples: immutable, so the garbage collector soon stops tracking them.
@@ -92,8 +118,9 @@ impl PyCheckpoint {
         })
     }
 
+    /// Checks every byte; returns the directory entries the manifest does not cover.
     #[pyo3(signature = (threads=0))]
-    fn verify(&self, py: Python<'_>, threads: usize) -> PyResult<()> {
+    fn verify(&self, py: Python<'_>, threads: usize) -> PyResult<Vec<String>> {
         let inner = self.inner.clone();
         py.detach(move || inner.verify(threads)).into_py_result()
     }

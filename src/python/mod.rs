@@ -4,11 +4,13 @@
 mod borrowed;
 mod checkpoint;
 mod errors;
+mod foreign;
 
 use std::path::PathBuf;
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
+use pyo3::types::PyBytes;
 
 use crate::{writer, Dtype, Kind};
 use borrowed::{Held, Sources};
@@ -76,7 +78,7 @@ fn take_sources(py: Python<'_>, groups: Vec<PyGroup<'_>>) -> PyResult<Vec<OwnedG
 
 /// Saves a checkpoint; see `_core.pyi`.
 #[pyfunction]
-#[pyo3(signature = (path, kind, groups, user_json, *, overwrite=false, durable=true, threads=0, max_shard_bytes=None))]
+#[pyo3(signature = (path, kind, groups, user_json, *, overwrite=false, durable=true, threads=0, max_shard_bytes=None, side_files=Vec::new()))]
 #[allow(clippy::too_many_arguments)]
 fn save(
     py: Python<'_>,
@@ -88,6 +90,7 @@ fn save(
     durable: bool,
     threads: usize,
     max_shard_bytes: Option<u64>,
+    side_files: Vec<(String, Bound<'_, PyBytes>)>,
 ) -> PyResult<()> {
     let kind = Kind::parse(kind)
         .ok_or_else(|| PyValueError::new_err(format!("unknown checkpoint kind {kind:?}")))?;
@@ -97,6 +100,11 @@ fn save(
         return Err(PyValueError::new_err("max_shard_bytes must be positive"));
     }
     let owned = take_sources(py, groups)?;
+    // Side files are small: copied, so the write needs no Python object.
+    let side_files: Vec<(String, Vec<u8>)> = side_files
+        .into_iter()
+        .map(|(name, data)| (name, data.as_bytes().to_vec()))
+        .collect();
     let opts = writer::SaveOptions {
         overwrite,
         durable,
@@ -122,7 +130,11 @@ fn save(
                 header_metadata: g.header_metadata.clone(),
             })
             .collect();
-        writer::save(&path, kind, &groups, user, &opts)
+        let side_files: Vec<writer::SideFile> = side_files
+            .iter()
+            .map(|(name, data)| writer::SideFile { name, data })
+            .collect();
+        writer::save_with_files(&path, kind, &groups, &side_files, user, &opts)
     })
     .into_py_result()
 }
@@ -192,6 +204,7 @@ fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(open, m)?)?;
     m.add_function(wrap_pyfunction!(cleanup, m)?)?;
     m.add_function(wrap_pyfunction!(copy_into, m)?)?;
+    foreign::register(m)?;
     m.add_class::<PyCheckpoint>()?;
     m.add_class::<PyMappedFile>()?;
     m.add("FORMAT_VERSION", crate::manifest::FORMAT_VERSION)?;
