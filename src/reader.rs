@@ -628,12 +628,19 @@ impl Checkpoint {
 
     /// The bytes of a file checked whole (`side`: the file as found at open), checked
     /// against the manifest's size and checksum.
-    fn read_whole_file(&self, rec: &manifest::FileRecord, side: Option<&SideFile>) -> Result<Vec<u8>> {
+    fn read_whole_file(
+        &self,
+        rec: &manifest::FileRecord,
+        side: Option<&SideFile>,
+    ) -> Result<Vec<u8>> {
         let path = self.dir.join(&rec.name);
         let (len, bytes): (u64, Vec<u8>) = match side {
             Some(side) => {
                 self.reopen(&rec.name, side.id)?;
-                (side.id.len, side.map.as_deref().unwrap_or_default().to_vec())
+                (
+                    side.id.len,
+                    side.map.as_deref().unwrap_or_default().to_vec(),
+                )
             }
             None => {
                 // Not there at open: open it again for the error (or the file).
