@@ -19,7 +19,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::fault;
 use crate::manifest::MANIFEST_NAME;
 
-const TMP_TAG: &str = ".ckptio-tmp-";
+pub(crate) const TMP_TAG: &str = ".ckptio-tmp-";
 const OLD_TAG: &str = ".ckptio-old-";
 
 /// A staging directory that is removed on drop unless committed.
@@ -59,7 +59,7 @@ fn split_target(target: &Path) -> Result<(PathBuf, OsString)> {
     Ok((parent, name.to_os_string()))
 }
 
-fn side_name(name: &OsString, tag: &str) -> OsString {
+pub(crate) fn side_name(name: &OsString, tag: &str) -> OsString {
     let mut s = OsString::from(".");
     s.push(name);
     s.push(format!("{tag}{}-{:016x}", std::process::id(), nonce()));
@@ -261,7 +261,7 @@ fn rename_noreplace(_: &Path, _: &Path) -> std::io::Result<()> {
     Err(std::io::Error::from_raw_os_error(libc::ENOTSUP))
 }
 
-fn pid_alive(pid: u32) -> bool {
+pub(crate) fn pid_alive(pid: u32) -> bool {
     if pid == std::process::id() {
         return true;
     }

@@ -11,6 +11,7 @@ pub mod dtype;
 pub mod error;
 pub mod fault;
 pub mod format;
+pub mod lifecycle;
 pub mod manifest;
 pub mod pool;
 pub mod reader;

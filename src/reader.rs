@@ -96,7 +96,7 @@ pub struct Checkpoint {
 /// it was reading (each retry needs a new swap to fail again).
 const OPEN_ATTEMPTS: usize = 8;
 
-fn open_dir(dir: &Path) -> Result<File> {
+pub(crate) fn open_dir(dir: &Path) -> Result<File> {
     match fs::metadata(dir) {
         Err(_) => {
             return Err(Error::NotFound {
@@ -125,7 +125,7 @@ fn open_dir(dir: &Path) -> Result<File> {
 /// Opens `name` inside the opened directory. O_NOFOLLOW: a symlink inside a checkpoint
 /// could point anywhere. O_NONBLOCK: opening a FIFO planted under a listed name would
 /// otherwise wait for a writer forever (it changes nothing for regular files).
-fn openat(dir_fd: &File, name: &str) -> std::io::Result<File> {
+pub(crate) fn openat(dir_fd: &File, name: &str) -> std::io::Result<File> {
     use std::os::fd::{AsRawFd, FromRawFd};
     let c_name = std::ffi::CString::new(name)
         .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
@@ -162,7 +162,7 @@ fn open_regular(dir_fd: &File, dir: &Path, name: &str) -> Result<File> {
     Ok(file)
 }
 
-fn read_manifest(dir_fd: &File, dir: &Path) -> Result<Manifest> {
+pub(crate) fn read_manifest(dir_fd: &File, dir: &Path) -> Result<Manifest> {
     let path = dir.join(MANIFEST_NAME);
     if let Err(e) = openat(dir_fd, MANIFEST_NAME) {
         if e.raw_os_error() == Some(libc::ENOENT) {

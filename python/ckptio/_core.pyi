@@ -1,6 +1,6 @@
 """Type stubs for the Rust extension ``ckptio._core`` (the binding layer)."""
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from os import PathLike
 from typing import final
 
@@ -12,9 +12,15 @@ __all__ = [
     "Checkpoint",
     "MappedFile",
     "cleanup",
+    "cleanup_checkpoints",
     "copy_into",
+    "delete_checkpoint",
+    "describe_checkpoint",
+    "list_checkpoints",
     "open",
     "save",
+    "update_user_section",
+    "verify_with_progress",
 ]
 
 FORMAT_VERSION: int
@@ -47,6 +53,35 @@ def copy_into(pairs: Sequence[tuple[Buffer, Buffer]], threads: int = 0) -> None:
 
 def cleanup(directory: str | PathLike[str]) -> list[str]:
     """Removes leftovers of dead saves in ``directory``; returns their paths."""
+
+# (kind, checkpoint_id, user_json, size_bytes: listed files + manifest, manifest mtime)
+_Summary = tuple[str, str, str, int, float]
+
+def describe_checkpoint(path: str | PathLike[str]) -> _Summary:
+    """Reads and checks a checkpoint's manifest as ``open`` does; maps no tensor file."""
+
+def list_checkpoints(
+    directory: str | PathLike[str],
+) -> tuple[list[tuple[str, _Summary]], list[tuple[str, str]]]:
+    """The checkpoints among the visible subdirectories of ``directory`` (by name), and
+    the (name, message) of those whose manifest is damaged. Directories without a
+    manifest are left out."""
+
+def update_user_section(
+    path: str | PathLike[str], key: str, value_json: str, *, durable: bool = True
+) -> _Summary:
+    """Sets the top-level ``key`` of the manifest's user section, atomically."""
+
+def delete_checkpoint(path: str | PathLike[str], *, durable: bool = True) -> None:
+    """Deletes a checkpoint atomically (rename to a hidden name, then remove)."""
+
+def cleanup_checkpoints(directory: str | PathLike[str]) -> list[str]:
+    """``cleanup``, plus the manifest edits dead processes left in each checkpoint."""
+
+def verify_with_progress(
+    path: str | PathLike[str], progress: Callable[[int, int], object], threads: int = 0
+) -> None:
+    """``Checkpoint.verify``, calling ``progress(done_bytes, total_bytes)`` as it goes."""
 
 @final
 class Checkpoint:

@@ -56,7 +56,7 @@ def _rows(items: Any, *, fold_tied: bool) -> _Rows:
     return _Rows(rows, aliases, order)
 
 
-def _user_section(metadata: Any, step: Any, skeleton: Any, weights: _Rows) -> str:
+def _user_section(metadata: Any, step: Any, skeleton: Any, weights: _Rows, extra: Mapping[str, Any]) -> str:
     if step is not None:
         if isinstance(step, bool) or not hasattr(step, "__index__"):
             raise TypeError(f"step must be an int or None, got {type(step).__name__}")
@@ -71,6 +71,7 @@ def _user_section(metadata: Any, step: Any, skeleton: Any, weights: _Rows) -> st
     if weights.aliases:
         section["aliases"] = weights.aliases
         section["order"] = weights.order
+    section.update(extra)
     return '{"metadata":' + meta_json + "," + json.dumps(section, allow_nan=False)[1:]
 
 
@@ -90,6 +91,7 @@ class SavePlan:
         durable: bool = True,
         threads: int | None = None,
         max_shard_bytes: int | None = None,
+        extra_user: Mapping[str, Any] | None = None,  # more keys of the manifest's user section
     ) -> None:
         if not isinstance(weights, Mapping):
             raise TypeError(f"weights must be a mapping of name -> array, got {type(weights).__name__}")
@@ -110,7 +112,7 @@ class SavePlan:
             if kind == "state":
                 skeleton, arrays = flatten(optimizer_state)
                 self.groups.append((OPTIMIZER, _rows(arrays, fold_tied=False).rows, []))
-        self.user_json = _user_section(metadata, step, skeleton, folded)
+        self.user_json = _user_section(metadata, step, skeleton, folded, extra_user or {})
 
     @property
     def nbytes(self) -> int:

@@ -3,6 +3,7 @@
 
 mod checkpoint;
 mod errors;
+mod lifecycle;
 
 use std::path::PathBuf;
 
@@ -220,6 +221,7 @@ fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(open, m)?)?;
     m.add_function(wrap_pyfunction!(cleanup, m)?)?;
     m.add_function(wrap_pyfunction!(copy_into, m)?)?;
+    lifecycle::register(m)?;
     m.add_class::<PyCheckpoint>()?;
     m.add_class::<PyMappedFile>()?;
     m.add("FORMAT_VERSION", crate::manifest::FORMAT_VERSION)?;
