@@ -332,10 +332,10 @@ pub fn delete(dir: &Path, durable: bool) -> Result<()> {
         Ok(_) => {}
     }
     if !fs::symlink_metadata(dir.join(MANIFEST_NAME)).is_ok_and(|m| m.is_file()) {
-        return Err(Error::NotFound {
-            what: "not a ckptio checkpoint (no ckptio.json manifest); refusing to delete",
-            path: dir.to_path_buf(),
-        });
+        return Err(Error::InvalidArgument(format!(
+            "{}: not a ckptio checkpoint (no ckptio.json manifest); refusing to delete it",
+            dir.display()
+        )));
     }
     let hidden = parent.join(commit::side_name(&name, commit::TMP_TAG));
     fs::rename(dir, &hidden).map_err(|e| match e.kind() {

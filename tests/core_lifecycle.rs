@@ -147,7 +147,7 @@ fn delete_is_a_rename_then_a_removal() {
     fs::write(root.path().join("plain/notes"), b"x").unwrap();
     assert!(matches!(
         delete(&root.path().join("plain"), true),
-        Err(Error::NotFound { .. })
+        Err(Error::InvalidArgument(_))
     ));
     save(&root.path().join("target"), "{}");
     std::os::unix::fs::symlink(root.path().join("target"), root.path().join("link")).unwrap();

@@ -76,9 +76,11 @@ def checkpoint_paths(targets: list[str], kind: str | None) -> list[tuple[str, Pa
 
 
 # -- output -----------------------------------------------------------------------------
-def _console(file: TextIO) -> Any:
+def _console(file: TextIO, *, terminal: bool = False) -> Any:
     from rich.console import Console
 
+    if terminal:  # a progress bar asked for: drawn even where stderr is not a terminal
+        return Console(file=file, force_terminal=True)
     # A pipe gets the whole table however wide (rich would wrap it at 80 columns).
     return Console(file=file, highlight=False, width=None if file.isatty() else 10_000)
 
@@ -188,7 +190,7 @@ def verify_one(path: Path, progress: bool) -> None:
     from . import _core
 
     columns = (TextColumn("verify {task.description}"), BarColumn(), DownloadColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=_console(sys.stderr), transient=True) as bar:
+    with Progress(*columns, console=_console(sys.stderr, terminal=True), transient=True) as bar:
         task = bar.add_task(path.name, total=None)
         _core.verify_with_progress(path, lambda done, total: bar.update(task, completed=done, total=total))
 

@@ -3,7 +3,7 @@
 //! every call that touches the filesystem.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 use pyo3::prelude::*;
 
@@ -90,17 +90,18 @@ fn verify_with_progress(
     progress: Py<PyAny>,
     threads: usize,
 ) -> PyResult<()> {
-    let reported = AtomicU64::new(0);
+    // Reports come from worker threads in any order: under the lock, only a larger
+    // count that is another 0.5% on (or the total) is passed on, so Python sees a
+    // rising count ending at the total. Each call takes the GIL.
+    let reported: Mutex<Option<u64>> = Mutex::new(None);
     let report = |done: u64, total: u64| {
-        // Only when another 0.5% is done (and at the end): each call takes the GIL.
-        let step = (total / 200).max(1);
-        let last = reported.load(Ordering::Relaxed);
-        let due = done == 0 || done == total || done >= last + step;
-        if due
-            && reported
-                .compare_exchange(last, done, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
+        let mut last = reported.lock().unwrap_or_else(|e| e.into_inner());
+        let due = match *last {
+            None => true,
+            Some(l) => done > l && (done == total || done >= l + (total / 200).max(1)),
+        };
+        if due {
+            *last = Some(done);
             Python::attach(|py| {
                 // A failing callback must not fail the verify; its error is dropped.
                 let _ = progress.call1(py, (done, total));
