@@ -18,6 +18,9 @@ MODULES = [
     "ckptio._tensors",
     "ckptio._gc",
     "ckptio._tree",
+    "ckptio.run",
+    "ckptio._retention",
+    "ckptio.cli_run",
 ]
 
 
