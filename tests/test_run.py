@@ -322,3 +322,55 @@ def test_torch_saves_into_a_run(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="invalid checkpoint name"):
         ckptio.torch.save_state(run, model, opt, name="../x")
     assert not (tmp_path / "p").exists() and names(run) == ["final", "s2"]
+
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def test_readme_training_loop_runs_and_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's training loop, with small stand-ins for the user's pieces, run to
+    step 60, then run again to step 100: the second run resumes at 60, and the loader
+    serves every batch exactly once over both."""
+    torch = pytest.importorskip("torch")
+    import re
+
+    text = README.read_text()
+    section = text[text.index("## Training loop") : text.index("## What you get")]
+    (code,) = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    served: list[int] = []
+
+    class MyLoader:
+        def __init__(self, dataset: object, seed: int) -> None:
+            self.next = 0
+
+        def next_batch(self) -> int:
+            served.append(self.next)
+            self.next += 1
+            return self.next - 1
+
+        def state_dict(self) -> dict[str, int]:
+            return {"next": self.next}
+
+        def load_state_dict(self, state: dict[str, int]) -> None:
+            self.next = state["next"]
+
+    def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, batch: int) -> float:
+        opt.zero_grad()
+        loss = model(torch.full((1, 2), float(batch))).square().sum()
+        loss.backward()
+        opt.step()
+        return float(loss.detach())
+
+    monkeypatch.chdir(tmp_path)
+    for target in (60, 100):
+        small = code.replace("10_000", str(target)).replace("% 1000", "% 10").replace("5000", "50")
+        names_in = {"MyNet": lambda: torch.nn.Linear(2, 1), "MyLoader": MyLoader, "dataset": None,
+                    "train_step": train_step}  # fmt: skip
+        exec(compile(small, "README.md", "exec"), names_in)
+        run = ckptio.Run(tmp_path / "runs" / "exp1")
+        if target == 60:
+            assert [r.step for r in run.list("state")] == [40, 50, 60]
+            run.delete("final", "sampler")
+    assert served == list(range(100))
+    assert [r.step for r in run.list("state")] == [50, 80, 90, 100]
+    assert run.get("final", "sampler").step == 100
