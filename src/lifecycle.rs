@@ -175,13 +175,29 @@ fn with_entry(
 /// directory is fsynced: a reader sees the old manifest or the new one, never a mix,
 /// and processes that mapped the tensor files are unaffected. A crash leaves at most
 /// the hidden file, which the next edit or `cleanup` removes.
-pub fn update_user(dir: &Path, key: &str, value: &str, durable: bool) -> Result<Summary> {
+///
+/// With `expect_id`, the edit is made only if the checkpoint is still the save with
+/// that id: a value computed from an older checkpoint under the same name (its loop
+/// state, say) never lands in a newer one. Otherwise `NotFound`, and nothing changes.
+pub fn update_user(
+    dir: &Path,
+    key: &str,
+    value: &str,
+    expect_id: Option<&str>,
+    durable: bool,
+) -> Result<Summary> {
     let value = RawValue::from_string(value.to_owned())
         .map_err(|e| Error::InvalidArgument(format!("value for {key:?} is not JSON: {e}")))?;
     let dir_fd = reader::open_dir(dir)?;
     remove_stale_edits(dir)?;
     let path = dir.join(MANIFEST_NAME);
     let mut m = reader::read_manifest(&dir_fd, dir)?;
+    if expect_id.is_some_and(|id| id != m.checkpoint_id) {
+        return Err(Error::NotFound {
+            what: "replaced by another save since it was read (manifest not edited)",
+            path: dir.to_path_buf(),
+        });
+    }
     m.user = with_entry(&path, &m.user, key, value)?;
     let bytes = manifest::encode(&m);
     // Never write a manifest that `open` would refuse (e.g. nested too deep).

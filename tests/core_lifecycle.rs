@@ -93,10 +93,10 @@ fn update_user_keeps_every_other_byte() {
     let stale = ck.join(dead_pid_name(EDIT));
     fs::write(&stale, b"half a manifest").unwrap();
 
-    let s = update_user(&ck, "run", r#"{"ttl": 1.0}"#, true).unwrap();
+    let s = update_user(&ck, "run", r#"{"ttl": 1.0}"#, None, true).unwrap();
     let want = r#"{"metadata":{"big":123456789012345678901234567890,"x":1.50},"step":7,"run":{"ttl": 1.0}}"#;
     assert_eq!(s.user_json, want);
-    let s = update_user(&ck, "run", "null", false).unwrap();
+    let s = update_user(&ck, "run", "null", Some(&before.checkpoint_id), false).unwrap();
     assert_eq!(
         s.user_json,
         want.replace(r#"{"ttl": 1.0}"#, "null"),
@@ -113,15 +113,15 @@ fn update_user_keeps_every_other_byte() {
         "only the manifest and the tensors"
     );
 
-    let e = update_user(&ck, "run", "{not json", true).unwrap_err();
+    let e = update_user(&ck, "run", "{not json", None, true).unwrap_err();
     assert!(matches!(e, Error::InvalidArgument(_)), "{e}");
     let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
     assert!(matches!(
-        update_user(&ck, "run", &deep, true),
+        update_user(&ck, "run", &deep, None, true),
         Err(Error::Format { .. })
     ));
     save(&root.path().join("list"), "[1]");
-    let e = update_user(&root.path().join("list"), "run", "1", true).unwrap_err();
+    let e = update_user(&root.path().join("list"), "run", "1", None, true).unwrap_err();
     assert!(e.to_string().contains("not an object"), "{e}");
 }
 

@@ -25,6 +25,7 @@ from _faults import run_python
 from _runs import FakeClock, names, save, visible
 
 import ckptio
+from ckptio import _core
 
 # (keep_last, keep_every, steps saved in this order, names left); checkpoints are
 # named s<step>, or n<i> when their step is None.
@@ -107,10 +108,10 @@ def _doomed_run(root: Path) -> tuple[ckptio.Run, list[str]]:
     keep_last=1, one of them expired, and an expired sampler checkpoint."""
     clock = FakeClock(tick=1)
     plain = ckptio.Run(root, clock=clock)
-    save(plain, "state", "s1", 1, ttl=5)
+    save(plain, "state", "s1", 1, ttl=30)
     save(plain, "state", "s2", 2)
     save(plain, "state", "s3", 3)
-    save(plain, "sampler", "x1", 1, ttl=5)
+    save(plain, "sampler", "x1", 1, ttl=30)
     clock.advance(60)
     before = sorted(f"{r.kind}/{r.name}" for r in plain.list())
     return ckptio.Run(root, keep_last=1, clock=clock), before
@@ -313,3 +314,57 @@ def test_set_ttl_of_a_missing_checkpoint(tmp_path: Path) -> None:
     save(run, "state", "s", 1)
     with pytest.raises(ckptio.CheckpointNotFoundError, match="no sampler checkpoint named 's'"):
         run.set_ttl("s", 60, kind="sampler")
+
+
+def test_set_ttl_never_writes_an_older_checkpoints_entry_into_a_newer_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The name is replaced between set_ttl's read and its write: the stale entry
+    (created, loop state of the old save) is refused by the core, and set_ttl starts
+    over on the new checkpoint."""
+    run = ckptio.Run(tmp_path, clock=FakeClock(tick=1))
+    old = save(run, "state", "s", 1, loop_state={"next": 1})
+    new = save(run, "state", "s", 2, loop_state={"next": 2}, overwrite=True)
+    with pytest.raises(ckptio.CheckpointNotFoundError, match="replaced"):
+        _core.update_user_section(new.path, "run", "null", expect_id=old.checkpoint_id)
+    assert run.get("s") == new
+    reads = iter([old])
+    real_get = ckptio.Run.get
+    monkeypatch.setattr(ckptio.Run, "get", lambda self, *a: next(reads, None) or real_get(self, *a))
+    rec = run.set_ttl("s", 60)
+    assert (rec.loop_state, rec.created, rec.checkpoint_id) == ({"next": 2}, new.created, new.checkpoint_id)
+    assert rec.expires_at is not None
+
+
+def test_a_delete_that_fails_after_a_save_warns(shared_dir: Path) -> None:
+    """The save succeeds, so it returns its record; what it could not delete (here an
+    expired state checkpoint ``nobody`` may not remove) is named in a warning."""
+    root = shared_dir / "run"
+    _doomed_run(root)
+    for d in (root, root / "sampler_weights"):
+        os.chown(d, 65534, 65534)
+    out = run_python(WARNING_CHILD, str(root))
+    assert out.returncode == 0, out.stderr
+    assert "RESULT saved x2" in out.stdout, out.stdout
+    assert "RuntimeWarning" in out.stderr and "cleaning up the run failed" in out.stderr, out.stderr
+    assert "weights/s1" in out.stderr and "sampler_weights/x1" in out.stderr
+    assert out.stderr.startswith("test_run_retention_child:1: RuntimeWarning")  # the caller's line
+    # x1 was moved aside (then its files could not be removed): no longer listed.
+    assert _listing(ckptio.Run(root)) == ["sampler/x2", "state/s1", "state/s2", "state/s3"]
+
+
+WARNING_CHILD = """
+import os, sys, tempfile
+import numpy as np, ckptio
+from _runs import FakeClock, save
+with tempfile.TemporaryDirectory() as d:
+    save(ckptio.Run(d, keep_last=1), "state", "warm", 1)
+    ckptio.Run(d).delete("warm")
+clock = FakeClock(tick=1)
+clock.advance(70)
+run = ckptio.Run(sys.argv[1], clock=clock)
+os.setgroups([]); os.setgid(65534); os.setuid(65534)
+code = 'rec = run.save_weights_for_sampler("x2", {"w": np.ones(2)}, step=2)'
+exec(compile(code, "test_run_retention_child", "exec"))
+print("RESULT saved", rec.name)
+"""

@@ -68,9 +68,16 @@ def list_checkpoints(
     manifest are left out."""
 
 def update_user_section(
-    path: str | PathLike[str], key: str, value_json: str, *, durable: bool = True
+    path: str | PathLike[str],
+    key: str,
+    value_json: str,
+    *,
+    expect_id: str | None = None,
+    durable: bool = True,
 ) -> _Summary:
-    """Sets the top-level ``key`` of the manifest's user section, atomically."""
+    """Sets the top-level ``key`` of the manifest's user section, atomically; with
+    ``expect_id``, only if the checkpoint is still that save (else
+    CheckpointNotFoundError)."""
 
 def delete_checkpoint(path: str | PathLike[str], *, durable: bool = True) -> None:
     """Deletes a checkpoint atomically (rename to a hidden name, then remove)."""

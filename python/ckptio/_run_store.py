@@ -67,9 +67,11 @@ def delete(path: Path, *, durable: bool = True) -> None:
     _core.delete_checkpoint(path, durable=durable)
 
 
-def update_run_entry(path: Path, entry_json: str, *, durable: bool = True) -> Summary:
-    """Replaces the manifest's ``user.run`` entry, atomically."""
-    return Summary(*_core.update_user_section(path, "run", entry_json, durable=durable))
+def update_run_entry(path: Path, entry_json: str, checkpoint_id: str, *, durable: bool = True) -> Summary:
+    """Replaces the manifest's ``user.run`` entry, atomically, if the checkpoint is
+    still the save ``checkpoint_id`` (CheckpointNotFoundError otherwise)."""
+    summary = _core.update_user_section(path, "run", entry_json, expect_id=checkpoint_id, durable=durable)
+    return Summary(*summary)
 
 
 def remove_leftovers(root: Path, kind: str) -> list[Path]:

@@ -361,7 +361,7 @@ class Run:
             warnings.warn(
                 f"ckptio.Run: saved {record.path}, but cleaning up the run failed: " + "; ".join(failures),
                 RuntimeWarning,
-                stacklevel=4,
+                stacklevel=5,  # the caller of save_* (sync saves)
             )
         return record
 
@@ -508,16 +508,18 @@ class Run:
             True
         """
         seconds = rules.ttl_seconds(ttl)
-        current = self.get(name, kind)
-        now = self.now()
-        entry = rules.run_entry(
-            current.created, None if seconds is None else now + timedelta(seconds=seconds), current.loop_state
-        )
-        try:
-            summary = store.update_run_entry(current.path, json.dumps(entry, allow_nan=False))
-        except CheckpointNotFoundError:
-            raise CheckpointNotFoundError(f"no {kind} checkpoint named {name!r} in run {self.root}") from None
-        return _record(name, kind, current.path, summary)
+        for _ in range(8):  # each retry needs another save to replace it again meanwhile
+            current = self.get(name, kind)  # CheckpointNotFoundError once it is gone
+            expires_at = None if seconds is None else self.now() + timedelta(seconds=seconds)
+            entry = rules.run_entry(current.created, expires_at, current.loop_state)
+            try:
+                summary = store.update_run_entry(
+                    current.path, json.dumps(entry, allow_nan=False), current.checkpoint_id
+                )
+            except CheckpointNotFoundError:
+                continue  # replaced or deleted since ``get``: its entry would be wrong
+            return _record(name, kind, current.path, summary)
+        raise CheckpointNotFoundError(f"{kind} checkpoint {name!r} of run {self.root} kept being replaced")
 
     def delete_expired(self) -> list[CheckpointRecord]:
         """Deletes every checkpoint (both kinds) whose TTL has passed; returns them.
@@ -567,6 +569,7 @@ class _RunSave(SavePlan):
     def submit(self, snapshot: bool) -> Future[CheckpointRecord]:
         inner = _submit(self, snapshot)
         outer = _RecordFuture(inner)
+        outer.set_running_or_notify_cancel()  # like the save's own future: not cancellable
         record = self.record  # not the plan: it holds views of the staging buffer
 
         def resolve(done: Future[Path]) -> None:

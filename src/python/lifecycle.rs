@@ -52,15 +52,16 @@ fn list_checkpoints(
 
 /// Sets one top-level key of the manifest's user section, atomically. See `_core.pyi`.
 #[pyfunction]
-#[pyo3(signature = (path, key, value_json, *, durable=true))]
+#[pyo3(signature = (path, key, value_json, *, expect_id=None, durable=true))]
 fn update_user_section(
     py: Python<'_>,
     path: PathBuf,
     key: &str,
     value_json: &str,
+    expect_id: Option<&str>,
     durable: bool,
 ) -> PyResult<PySummary> {
-    py.detach(|| lifecycle::update_user(&path, key, value_json, durable))
+    py.detach(|| lifecycle::update_user(&path, key, value_json, expect_id, durable))
         .into_py_result()
         .map(to_py)
 }
