@@ -12,6 +12,7 @@ committed, never after a failed or refused one. The rules are in docs/RUNS.md.
 
 from __future__ import annotations
 
+import builtins  # ``list`` below is a method of Run
 import json
 import os
 import warnings
@@ -521,7 +522,7 @@ class Run:
             return _record(name, kind, current.path, summary)
         raise CheckpointNotFoundError(f"{kind} checkpoint {name!r} of run {self.root} kept being replaced")
 
-    def delete_expired(self) -> list[CheckpointRecord]:
+    def delete_expired(self) -> builtins.list[CheckpointRecord]:
         """Deletes every checkpoint (both kinds) whose TTL has passed; returns them.
         Each save runs this too.
 
@@ -535,7 +536,7 @@ class Run:
             raise OSError("could not delete: " + "; ".join(failures))
         return deleted
 
-    def cleanup(self) -> list[Path]:
+    def cleanup(self) -> builtins.list[Path]:
         """Removes what dead processes left in the run: staging directories of
         interrupted saves, checkpoints half deleted, manifest edits. Returns the paths.
 
