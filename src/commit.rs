@@ -71,7 +71,7 @@ fn split_target(target: &Path) -> Result<(PathBuf, OsString)> {
     Ok((parent, name.to_os_string()))
 }
 
-fn side_name(name: &OsStr, tag: &str) -> OsString {
+pub(crate) fn side_name(name: &OsStr, tag: &str) -> OsString {
     let mut s = OsString::from(".");
     s.push(name);
     s.push(format!("{tag}{}-{:016x}", std::process::id(), nonce()));

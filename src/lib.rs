@@ -14,6 +14,7 @@ pub mod fault;
 pub mod foreign;
 pub mod format;
 pub mod held_dir;
+pub mod lifecycle;
 pub mod limits;
 pub mod manifest;
 pub mod pool;

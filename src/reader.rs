@@ -12,6 +12,7 @@ use std::io::Read;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use memmap2::{Mmap, MmapMut, MmapOptions};
 use rayon::prelude::*;
@@ -143,6 +144,9 @@ struct SideFile {
     map: Option<Mmap>,
 }
 
+/// Bytes hashed between two progress reports of `verify`.
+const PROGRESS_CHUNK: usize = 16 << 20;
+
 /// How often `open` starts over when the name was swapped to another checkpoint while
 /// it was reading (each retry needs a new swap to fail again).
 const OPEN_ATTEMPTS: usize = 8;
@@ -176,7 +180,7 @@ pub(crate) fn open_dir(dir: &Path) -> Result<File> {
 /// Opens `name` inside the opened directory. O_NOFOLLOW: a symlink inside a checkpoint
 /// could point anywhere. O_NONBLOCK: opening a FIFO planted under a listed name would
 /// otherwise wait for a writer forever (it changes nothing for regular files).
-fn openat(dir_fd: &File, name: &str) -> std::io::Result<File> {
+pub(crate) fn openat(dir_fd: &File, name: &str) -> std::io::Result<File> {
     use std::os::fd::{AsRawFd, FromRawFd};
     let c_name = std::ffi::CString::new(name)
         .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
@@ -218,7 +222,7 @@ pub(crate) fn open_regular(dir_fd: &File, dir: &Path, name: &str) -> Result<File
     Ok(file)
 }
 
-fn read_manifest(dir_fd: &File, dir: &Path) -> Result<Manifest> {
+pub(crate) fn read_manifest(dir_fd: &File, dir: &Path) -> Result<Manifest> {
     let path = dir.join(MANIFEST_NAME);
     if let Err(e) = openat(dir_fd, MANIFEST_NAME) {
         if e.raw_os_error() == Some(libc::ENOENT) {
@@ -534,6 +538,16 @@ impl Checkpoint {
     /// manifest does not list (files added after the save): not corruption, but
     /// nothing covers them.
     pub fn verify(&self, threads: usize) -> Result<Vec<String>> {
+        self.verify_with_progress(threads, &|_, _| {})
+    }
+
+    /// [`Checkpoint::verify`], calling `progress(done, total)` (tensor bytes hashed so
+    /// far, of all) from the worker threads as it goes.
+    pub fn verify_with_progress(
+        &self,
+        threads: usize,
+        progress: &(dyn Fn(u64, u64) + Sync),
+    ) -> Result<Vec<String>> {
         self.require_checksums()?;
         for f in &self.files {
             // Same file, same size (a truncated mapping would fault); closed at once.
@@ -551,12 +565,21 @@ impl Checkpoint {
                 return Err(Error::corrupt(&f.path, None, "header checksum mismatch"));
             }
         }
+        let total: u64 = self.tensors.iter().map(|t| t.end - t.begin).sum();
+        let done = AtomicU64::new(0);
+        progress(0, total);
         let bad: Vec<&TensorInfo> = pool::get(threads)?.install(|| {
             self.tensors
                 .par_iter()
                 .filter(|t| {
                     let map = self.files[t.file].pristine();
-                    checksum::hash(&map[t.begin as usize..t.end as usize]) != t.xxh3
+                    let mut h = checksum::Hasher::new();
+                    for chunk in map[t.begin as usize..t.end as usize].chunks(PROGRESS_CHUNK) {
+                        h.update(chunk);
+                        let n = chunk.len() as u64;
+                        progress(done.fetch_add(n, Ordering::Relaxed) + n, total);
+                    }
+                    h.finish() != t.xxh3
                 })
                 .collect()
         });

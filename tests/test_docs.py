@@ -25,6 +25,9 @@ MODULES = [
     "ckptio.hf.importer",
     "ckptio.hf.keymaps",
     "ckptio.hf.peft",
+    "ckptio.run",
+    "ckptio._retention",
+    "ckptio.cli_run",
 ]
 
 

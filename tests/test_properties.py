@@ -166,8 +166,13 @@ def test_random_damage_is_detected(weights: dict[str, np.ndarray], shard: Any, d
             i = data.draw(st.integers(0, len(raw) - 1))
             burst = data.draw(st.binary(min_size=1, max_size=64))
             assume(bytes(raw[i : i + len(burst)]) != burst[: len(raw) - i])
+            old = bytes(raw)
             raw[i : i + len(burst)] = burst
-            assume(victim.name != "ckptio.json" or bytes(raw).strip() != victim.read_bytes().strip())
+            # As above: whitespace for whitespace in the envelope is the same JSON.
+            changed = [(a, b) for a, b in zip(old, raw, strict=False) if a != b]
+            same_json = len(raw) == len(old) and all(a in _WS and b in _WS for a, b in changed)
+            assume(victim.name != "ckptio.json" or not same_json)
+            assume(victim.name != "ckptio.json" or bytes(raw).strip() != old.strip())
         elif kind == "truncate":
             cut = data.draw(st.integers(0, len(raw) - 1))
             assume(victim.name != "ckptio.json" or raw[cut:].strip())

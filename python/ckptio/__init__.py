@@ -5,6 +5,8 @@ Two kinds of checkpoint, as in the Tinker training API:
 - ``save_weights_for_sampler(path, weights)``: weights only, inference-ready.
 - ``save_state(path, weights, optimizer_state, step=...)``: weights + optimizer state,
   for an exact resume.
+- ``Run(root, keep_last=..., ttl=...)``: named checkpoints of a training run, with
+  list, delete, TTL, retention and ``resume()``.
 
 Weights are stored as safetensors files that any safetensors reader opens; a
 ``ckptio.json`` manifest holds a checksum per tensor and the optimizer tree.
@@ -48,6 +50,7 @@ from .errors import (
     UnverifiedCheckpointWarning,
 )
 from .hf import export, import_checkpoint
+from .run import CheckpointRecord, ResumePoint, Run
 
 __version__ = "0.1.0"
 
@@ -56,9 +59,12 @@ __all__ = [
     "CheckpointExistsError",
     "CheckpointKindError",
     "CheckpointNotFoundError",
+    "CheckpointRecord",
     "CkptioError",
     "CorruptCheckpointError",
     "FormatError",
+    "ResumePoint",
+    "Run",
     "SaveFuture",
     "StorageError",
     "TensorInfo",

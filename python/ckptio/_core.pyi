@@ -1,6 +1,6 @@
 """Type stubs for the Rust extension ``ckptio._core`` (the binding layer)."""
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from os import PathLike
 from typing import Any, Protocol, final
 
@@ -13,9 +13,14 @@ __all__ = [
     "MappedFile",
     "cleanup",
     "copy_into",
+    "delete_checkpoint",
+    "describe_checkpoint",
+    "list_checkpoints",
     "open",
     "open_safetensors",
     "save",
+    "update_user_section",
+    "verify_with_progress",
 ]
 
 class _TorchTensor(Protocol):
@@ -67,6 +72,40 @@ def copy_into(
 def cleanup(directory: str | PathLike[str]) -> tuple[list[str], list[tuple[str, str]]]:
     """Removes leftovers of dead saves in ``directory``; returns their paths, and the
     entries named like leftovers that it left alone, each with the reason."""
+
+# (kind, checkpoint_id, user_json, size_bytes: listed files + manifest, manifest mtime)
+_Summary = tuple[str, str, str, int, float]
+
+def describe_checkpoint(path: str | PathLike[str]) -> _Summary:
+    """Reads and checks a checkpoint's manifest as ``open`` does; maps no tensor file."""
+
+def list_checkpoints(
+    directory: str | PathLike[str],
+) -> tuple[list[tuple[str, _Summary]], list[tuple[str, str]]]:
+    """The checkpoints among the visible subdirectories of ``directory`` (by name), and
+    the (name, message) of those whose manifest is damaged. Directories without a
+    manifest are left out."""
+
+def update_user_section(
+    path: str | PathLike[str],
+    key: str,
+    value_json: str,
+    *,
+    expect_id: str | None = None,
+    durable: bool = True,
+) -> _Summary:
+    """Sets the top-level ``key`` of the manifest's user section, atomically; with
+    ``expect_id``, only if the checkpoint is still that save (else
+    CheckpointNotFoundError)."""
+
+def delete_checkpoint(path: str | PathLike[str], *, durable: bool = True) -> None:
+    """Deletes a checkpoint atomically (rename to a hidden name, then remove)."""
+
+def verify_with_progress(
+    path: str | PathLike[str], progress: Callable[[int, int], object], threads: int = 0
+) -> list[str]:
+    """``Checkpoint.verify``, calling ``progress(done_bytes, total_bytes)`` as it goes;
+    returns the directory entries the manifest does not cover."""
 
 @final
 class Checkpoint:

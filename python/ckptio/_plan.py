@@ -54,7 +54,9 @@ def _rows(items: Any, *, fold_tied: bool) -> _Rows:
     return _Rows(rows, aliases, order)
 
 
-def _user_section(metadata: Any, step: Any, skeleton: Any, weights: _Rows, weights_group: str) -> str:
+def _user_section(
+    metadata: Any, step: Any, skeleton: Any, weights: _Rows, weights_group: str, extra: Mapping[str, Any]
+) -> str:
     if step is not None:
         if isinstance(step, bool) or not hasattr(step, "__index__"):
             raise TypeError(f"step must be an int or None, got {type(step).__name__}")
@@ -71,6 +73,7 @@ def _user_section(metadata: Any, step: Any, skeleton: Any, weights: _Rows, weigh
         section["order"] = weights.order
     if weights_group != WEIGHTS:  # e.g. adapter_model.safetensors for PEFT
         section["weights_group"] = weights_group
+    section.update(extra)
     return '{"metadata":' + meta_json + "," + json.dumps(section, allow_nan=False)[1:]
 
 
@@ -92,6 +95,7 @@ class SavePlan:
         max_shard_bytes: int | None = None,
         extra_files: Mapping[str, Any] | None = None,
         weights_group: str = WEIGHTS,
+        extra_user: Mapping[str, Any] | None = None,  # more keys of the manifest's user section
     ) -> None:
         if not isinstance(weights, Mapping):
             raise TypeError(f"weights must be a mapping of name -> array, got {type(weights).__name__}")
@@ -115,7 +119,7 @@ class SavePlan:
             if kind == "state":
                 skeleton, arrays = flatten(optimizer_state)
                 self.groups.append((OPTIMIZER, _rows(arrays, fold_tied=False).rows, []))
-        self.user_json = _user_section(metadata, step, skeleton, folded, weights_group)
+        self.user_json = _user_section(metadata, step, skeleton, folded, weights_group, extra_user or {})
 
     @property
     def nbytes(self) -> int:

@@ -124,6 +124,17 @@ class Checkpoint(Mapping[str, Any]):
         return str(self._core.kind)
 
     @property
+    def checkpoint_id(self) -> str:
+        """The random id of the save that wrote this checkpoint (a later save to the
+        same path has another).
+
+        Example:
+            >>> len(_example().checkpoint_id)
+            16
+        """
+        return str(self._core.checkpoint_id)
+
+    @property
     def metadata(self) -> Any:
         """The user metadata saved with the checkpoint (any JSON), or None."""
         return self._user.get("metadata")

@@ -1,5 +1,5 @@
 """The ``ckptio`` command: ``inspect``, ``verify``, ``cleanup``, ``export``, ``import``,
-``bench``."""
+``bench``, and for runs ``ls``, ``rm``, ``ttl`` (in ``cli_run``)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from .api import cleanup
 from .checkpoint import Checkpoint
@@ -29,7 +30,17 @@ def human_bytes(n: float) -> str:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    ckpt = Checkpoint(args.path, allow_foreign=True)
+    from .cli_run import find, open_run
+
+    if args.name is not None:
+        path = find(open_run(args.path), args.name, args.kind).path
+    elif _is_run(args.path):
+        raise ValueError(f"{args.path} is a run: name a checkpoint, ckptio inspect RUN NAME (ckptio ls RUN)")
+    elif args.kind is not None:
+        raise ValueError("--kind applies to RUN NAME, not to a checkpoint path")
+    else:
+        path = Path(args.path)
+    ckpt = Checkpoint(path, allow_foreign=True)
     infos = ckpt.tensors
     total = sum(t.nbytes for t in infos)
     print(f"checkpoint  {ckpt.path}")
@@ -50,21 +61,37 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
+    from .cli_run import checkpoint_paths, verify_one
+
+    progress = sys.stderr.isatty() if args.progress is None else args.progress
     failed = 0
-    for path in args.paths:
+    for label, path in checkpoint_paths(args.paths, args.kind):
         try:
-            uncovered = Checkpoint(path).verify()
-            print(f"ok       {path}")
+            if isinstance(path, str):  # a run's checkpoint whose manifest is unreadable
+                raise CkptioError(path)
+            uncovered = verify_one(path, progress)
+            print(f"ok       {label}")
             for name in uncovered:
                 print(f"         {name}: not covered by checksums (not part of the checkpoint)")
         except (CkptioError, OSError) as e:
             failed += 1
-            print(f"FAILED   {path}: {e}")
+            print(f"FAILED   {label}: {e}")
     return 1 if failed else 0
 
 
+def _is_run(path: str) -> bool:
+    from ._run_store import is_run
+
+    return is_run(Path(path))
+
+
 def _cleanup(args: argparse.Namespace) -> int:
-    result = cleanup(args.directory)
+    if _is_run(args.directory):
+        from .run import Run
+
+        result = Run(args.directory).cleanup()
+    else:
+        result = cleanup(args.directory)
     for p in result:
         print(f"cleaned  {p}")
     for p, why in result.skipped:
@@ -81,17 +108,29 @@ def _bench(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ckptio", description="Fast, verified, crash-safe checkpoints.")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("inspect", help="summarize a checkpoint: kind, tensors, sizes, metadata")
-    p.add_argument("path")
+    from .cli_run import add_parsers as add_run_parsers
+
+    kinds = ("state", "sampler")
+    p = sub.add_parser("inspect", help="summarize a checkpoint (PATH, or RUN NAME): kind, tensors, sizes")
+    p.add_argument("path", metavar="PATH|RUN")
+    p.add_argument("name", nargs="?", metavar="NAME", help="a checkpoint of the run RUN")
+    p.add_argument("--kind", choices=kinds, help="of NAME: state or sampler (default: the one that exists)")
     p.add_argument("--all", action="store_true", help="list every tensor")
     p.set_defaults(func=_inspect)
-    p = sub.add_parser("verify", help="check every byte; exits 1 on any corruption")
-    p.add_argument("paths", nargs="+")
+    p = sub.add_parser(
+        "verify", help="check every byte (PATH..., or RUN [NAME...]); exits 1 on any corruption"
+    )
+    p.add_argument("paths", nargs="+", metavar="PATH|RUN")
+    p.add_argument("--kind", choices=kinds, help="of the run's checkpoints: state or sampler")
+    p.add_argument(
+        "--progress", action=argparse.BooleanOptionalAction, help="progress bar (default: on a TTY)"
+    )
     p.set_defaults(func=_verify)
-    p = sub.add_parser("cleanup", help="remove leftovers of interrupted saves in a directory")
+    p = sub.add_parser("cleanup", help="remove leftovers of interrupted saves in a directory or a run")
     p.add_argument("directory")
     p.set_defaults(func=_cleanup)
     add_hf_parsers(sub)
+    add_run_parsers(sub)
     try:
         from .bench.cli import add_parser as add_bench
     except ImportError:  # pragma: no cover - the bench ships with the package

@@ -9,6 +9,9 @@ and loop position in one call, and resume bit for bit.
 - ``save_weights_for_sampler(path, model)`` and ``load_state(path, model)``: inference.
 - ``load_weights(path, device=None)``: the weights as torch tensors (zero-copy views).
 - ``rng_state()`` / ``set_rng_state(state)``: the RNG states on their own.
+- With a ``ckptio.Run`` in place of the path, the saves write the run's checkpoint
+  ``name=`` (with ``loop_state=`` and ``ttl=``) and return its ``CheckpointRecord``;
+  ``load_state(record, ...)`` loads one.
 
 Layout. ``save_state`` writes an ordinary ``state`` checkpoint, so
 ``ckptio.load_state_with_optimizer`` and any safetensors reader open it too:
@@ -51,6 +54,7 @@ from __future__ import annotations
 import random
 import warnings
 from collections.abc import Mapping
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -68,7 +72,8 @@ from ._tensors import is_array, storage_key
 from .async_save import SaveFuture
 from .async_save import save_state_async as save_state_async_core
 from .checkpoint import Checkpoint
-from .errors import CheckpointKindError, CkptioError, FormatError
+from .errors import CheckpointKindError, CheckpointNotFoundError, CkptioError, FormatError
+from .run import RUN_DEFAULT, CheckpointRecord, Run, Ttl
 
 __all__ = [
     "LoadedState",
@@ -336,9 +341,19 @@ def _training_state(
     return weights, tree
 
 
+def _check_target(target: Any, name: str | None, loop_state: Any, ttl: Any) -> None:
+    """A Run needs a name; the run-only arguments need a Run."""
+    if isinstance(target, Run):
+        if name is None:
+            raise TypeError("saving into a ckptio.Run needs name=, the checkpoint's name in the run")
+        target.path_of(name)  # a bad name is refused before any work
+    elif name is not None or loop_state is not None or ttl is not RUN_DEFAULT:
+        raise TypeError("name=, loop_state= and ttl= need a ckptio.Run in place of the path")
+
+
 # -- public API --------------------------------------------------------------------
 def save_state(
-    path: api.PathLike,
+    path: api.PathLike | Run,
     model: Any,
     optimizer: Any,
     scheduler: Any = None,
@@ -352,12 +367,28 @@ def save_state(
     threads: int | None = None,
     max_shard_bytes: int | None = None,
     extra_files: Mapping[str, Any] | None = None,
-) -> Path:
+    name: str | None = None,
+    loop_state: Any = None,
+    ttl: Ttl = RUN_DEFAULT,
+) -> Path | CheckpointRecord:
     """Saves everything an exact resume needs: ``model.state_dict()``,
     ``optimizer.state_dict()``, ``scheduler.state_dict()``, the RNG states (``rng=True``)
     and ``extra`` (your loop state: any tree of dict/list/tuple with tensor, array,
     int, float, bool, str or None leaves). ``model`` may also be a state dict;
     ``optimizer`` may be None. The other arguments are those of ``ckptio.save_state``.
+
+    ``path`` may be a ``ckptio.Run``: the checkpoint ``name`` of the run is saved (its
+    ``loop_state`` and ``ttl`` as in ``Run.save_state``, retention applied) and its
+    ``CheckpointRecord`` returned.
+
+    Example:
+        >>> import torch, ckptio, ckptio.torch, tempfile
+        >>> run = ckptio.Run(tempfile.mkdtemp(), keep_last=2)
+        >>> model = torch.nn.Linear(2, 1)
+        >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        >>> rec = ckptio.torch.save_state(run, model, opt, name="s5", step=5, loop_state={"next_batch": 5})
+        >>> ckptio.torch.load_state(run.latest(), model, opt).step, rec.loop_state
+        (5, {'next_batch': 5})
 
     Example:
         >>> import torch, ckptio.torch, tempfile, os
@@ -370,16 +401,19 @@ def save_state(
         >>> ckptio.open(path).step
         100
     """
+    _check_target(path, name, loop_state, ttl)
     weights, tree = _training_state(model, optimizer, scheduler, rng, extra)
-    return api.save_state(
-        path, weights, tree,
+    kw: dict[str, Any] = dict(
         step=step, metadata=metadata, overwrite=overwrite, durable=durable,
         threads=threads, max_shard_bytes=max_shard_bytes, extra_files=extra_files,
     )  # fmt: skip
+    if isinstance(path, Run):
+        return path.save_state(str(name), weights, tree, loop_state=loop_state, ttl=ttl, **kw)
+    return api.save_state(path, weights, tree, **kw)
 
 
 def save_state_async(
-    path: api.PathLike,
+    path: api.PathLike | Run,
     model: Any,
     optimizer: Any,
     scheduler: Any = None,
@@ -394,10 +428,14 @@ def save_state_async(
     max_shard_bytes: int | None = None,
     snapshot: bool = True,
     extra_files: Mapping[str, Any] | None = None,
-) -> SaveFuture:
+    name: str | None = None,
+    loop_state: Any = None,
+    ttl: Ttl = RUN_DEFAULT,
+) -> SaveFuture | Future[CheckpointRecord]:
     """``save_state`` in the background (see ``ckptio.save_state_async``): returns once
     the model, optimizer, scheduler, RNG and ``extra`` state are captured, so training
-    may go on at once; ``future.result()`` returns the path or raises the write's error.
+    may go on at once; ``future.result()`` returns the path (with a ``Run``: the
+    record) or raises the write's error.
 
     Example:
         >>> import torch, ckptio.torch, tempfile, os
@@ -410,16 +448,19 @@ def save_state_async(
         >>> torch.equal(ckptio.torch.load_weights(fut.result())["weight"], before)
         True
     """
+    _check_target(path, name, loop_state, ttl)
     weights, tree = _training_state(model, optimizer, scheduler, rng, extra)
-    return save_state_async_core(
-        path, weights, tree,
+    kw: dict[str, Any] = dict(
         step=step, metadata=metadata, overwrite=overwrite, durable=durable,
         threads=threads, max_shard_bytes=max_shard_bytes, snapshot=snapshot, extra_files=extra_files,
     )  # fmt: skip
+    if isinstance(path, Run):
+        return path.save_state_async(str(name), weights, tree, loop_state=loop_state, ttl=ttl, **kw)
+    return save_state_async_core(path, weights, tree, **kw)
 
 
 def load_state(
-    path: api.PathLike,
+    path: api.PathLike | CheckpointRecord,
     model: Any,
     optimizer: Any = None,
     scheduler: Any = None,
@@ -440,7 +481,9 @@ def load_state(
 
     A ``sampler`` checkpoint loads into the model alone: asking it for optimizer or
     scheduler state raises ``CheckpointKindError``. ``verify=True`` checks every
-    checksum first.
+    checksum first. ``path`` may be a run's ``CheckpointRecord``; if another save has
+    replaced that checkpoint since, ``CheckpointNotFoundError`` says so (its record,
+    loop state included, would no longer match).
 
     Example:
         >>> import torch, ckptio.torch, tempfile, os
@@ -456,8 +499,11 @@ def load_state(
     """
     if not callable(getattr(model, "load_state_dict", None)):
         raise TypeError(f"model must be a torch.nn.Module (with load_state_dict), got {type(model).__name__}")
+    record = path if isinstance(path, CheckpointRecord) else None
     path = Path(path)
     ckpt = Checkpoint(path)
+    if record is not None and ckpt.checkpoint_id != record.checkpoint_id:
+        raise CheckpointNotFoundError(f"{path}: replaced by another save since this record was read")
     if verify:
         ckpt.verify()
     if ckpt.kind != "state" and (optimizer is not None or scheduler is not None):
@@ -505,7 +551,7 @@ def load_state(
 
 
 def save_weights_for_sampler(
-    path: api.PathLike,
+    path: api.PathLike | Run,
     model: Any,
     *,
     dtype: torch.dtype | None = None,
@@ -515,12 +561,17 @@ def save_weights_for_sampler(
     threads: int | None = None,
     max_shard_bytes: int | None = None,
     extra_files: Mapping[str, Any] | None = None,
-) -> Path:
+    name: str | None = None,
+    step: int | None = None,
+    ttl: Ttl = RUN_DEFAULT,
+) -> Path | CheckpointRecord:
     """Saves what inference needs: ``model.state_dict()`` (parameters and persistent
     buffers), as a ``sampler`` checkpoint. ``dtype`` casts floating-point tensors
     (e.g. ``torch.bfloat16``); tied parameters stay stored once. ``extra_files``
     (e.g. ``{"config.json": model.config.to_dict()}``) as in
-    ``ckptio.save_weights_for_sampler``.
+    ``ckptio.save_weights_for_sampler``. With a ``ckptio.Run`` in place of the path,
+    saves the run's sampler checkpoint ``name`` (``step``, ``ttl``: see
+    ``Run.save_weights_for_sampler``) and returns its record.
 
     Example:
         >>> import torch, ckptio.torch, tempfile, os
@@ -530,20 +581,25 @@ def save_weights_for_sampler(
         >>> ckptio.torch.load_weights(path)["weight"].dtype
         torch.bfloat16
     """
+    _check_target(path, name, None, ttl)
+    if step is not None and not isinstance(path, Run):
+        raise TypeError("step= needs a ckptio.Run in place of the path")
     weights = dict(_state_dict(model, "model"))
     if dtype is not None:
         cast: dict[Any, torch.Tensor] = {}
-        for name, t in weights.items():
+        for tensor_name, t in weights.items():
             if isinstance(t, torch.Tensor) and t.is_floating_point() and t.dtype != dtype:
                 key = storage_key(t) or ("id", id(t))
                 if key not in cast:
                     cast[key] = t.detach().to(dtype)
-                weights[name] = cast[key]
-    return api.save_weights_for_sampler(
-        path, weights,
+                weights[tensor_name] = cast[key]
+    kw: dict[str, Any] = dict(
         metadata=metadata, overwrite=overwrite, durable=durable,
         threads=threads, max_shard_bytes=max_shard_bytes, extra_files=extra_files,
     )  # fmt: skip
+    if isinstance(path, Run):
+        return path.save_weights_for_sampler(str(name), weights, step=step, ttl=ttl, **kw)
+    return api.save_weights_for_sampler(path, weights, **kw)
 
 
 def load_weights(path: api.PathLike, device: Any = None, *, verify: bool = False) -> dict[str, torch.Tensor]:

@@ -5,6 +5,7 @@ mod borrowed;
 mod checkpoint;
 mod errors;
 mod foreign;
+mod lifecycle;
 
 use std::path::PathBuf;
 
@@ -190,7 +191,7 @@ fn open(py: Python<'_>, path: PathBuf) -> PyResult<PyCheckpoint> {
 #[pyfunction]
 fn cleanup(py: Python<'_>, directory: PathBuf) -> PyResult<CleanupOutcome> {
     let report = py
-        .detach(|| crate::cleanup_leftovers(&directory, None))
+        .detach(|| crate::lifecycle::cleanup(&directory))
         .into_py_result()?;
     Ok((report.done, report.skipped))
 }
@@ -205,6 +206,7 @@ fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(cleanup, m)?)?;
     m.add_function(wrap_pyfunction!(copy_into, m)?)?;
     foreign::register(m)?;
+    lifecycle::register(m)?;
     m.add_class::<PyCheckpoint>()?;
     m.add_class::<PyMappedFile>()?;
     m.add("FORMAT_VERSION", crate::manifest::FORMAT_VERSION)?;
