@@ -176,8 +176,16 @@ pub fn header_len(file: &Path, prefix: &[u8], file_len: u64) -> Result<u64> {
 /// Validates the header of the safetensors file whose bytes are `bytes` (only the
 /// header part is read). Every structural rule is checked here.
 pub fn parse(file: &Path, bytes: &[u8]) -> Result<ParsedHeader> {
-    let file_len = bytes.len() as u64;
+    parse_header(file, bytes, bytes.len() as u64)
+}
+
+/// [`parse`] from the header bytes alone (at least the length prefix and the JSON),
+/// for a file of `file_len` bytes whose data is elsewhere (an object store).
+pub fn parse_header(file: &Path, bytes: &[u8], file_len: u64) -> Result<ParsedHeader> {
     let hlen = header_len(file, bytes, file_len)?;
+    if (bytes.len() as u64) < hlen {
+        return Err(Error::format(file, "header cut short"));
+    }
     let json = &bytes[8..hlen as usize];
     // Raw values: every object is read once, as text, by a parser that rejects
     // duplicate keys at both levels (a reader that kept the first of two keys and one

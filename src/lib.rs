@@ -19,7 +19,10 @@ pub mod limits;
 pub mod manifest;
 pub mod pool;
 pub mod reader;
+pub mod remote;
 mod save_plan;
+pub mod storage;
+pub mod transfer;
 pub mod writer;
 
 #[cfg(feature = "python")]
@@ -30,4 +33,5 @@ pub use dtype::Dtype;
 pub use error::{Error, Result};
 pub use manifest::Kind;
 pub use reader::{open, Checkpoint, TensorInfo};
+pub use storage::{Location, StorageOptions};
 pub use writer::{save, save_with_files, GroupSource, SaveOptions, SideFile, TensorSource};

@@ -245,7 +245,7 @@ pub(crate) fn read_manifest(dir_fd: &File, dir: &Path) -> Result<Manifest> {
     manifest::decode(&path, &bytes)
 }
 
-fn parse_hex(file: &Path, what: &str, s: &str) -> Result<u64> {
+pub(crate) fn parse_hex(file: &Path, what: &str, s: &str) -> Result<u64> {
     if s.len() != 16 {
         return Err(Error::format(
             file,
@@ -408,6 +408,20 @@ fn open_checkpoint(dir: &Path, dir_fd: &File) -> Result<Opened> {
         files.push(mapped);
         headers.push(header);
     }
+    let paths: Vec<&Path> = files.iter().map(|f| f.path.as_path()).collect();
+    let tensors = index_tensors(&manifest, &headers, &paths, &file_index)?;
+    Ok((manifest, files, tensors))
+}
+
+/// Checks that the manifest and the file headers describe exactly the same tensors and
+/// builds the index. `paths[i]` names file `i` in errors; `file_index` maps a manifest
+/// file name to its index.
+pub(crate) fn index_tensors(
+    manifest: &Manifest,
+    headers: &[format::ParsedHeader],
+    paths: &[&Path],
+    file_index: &HashMap<&str, usize>,
+) -> Result<Vec<TensorInfo>> {
     // The manifest and the headers must describe exactly the same tensors.
     let mut by_name: Vec<HashMap<&str, &format::TensorLayout>> = headers
         .iter()
@@ -416,7 +430,7 @@ fn open_checkpoint(dir: &Path, dir_fd: &File) -> Result<Opened> {
     let mut tensors = Vec::with_capacity(manifest.tensors.len());
     for rec in &manifest.tensors {
         let fi = file_index[rec.file.as_str()];
-        let path = &files[fi].path;
+        let path = paths[fi];
         // Both checksums passed, so a disagreement is no accident of storage: the files
         // were made inconsistent on purpose or by a broken writer. Hence format errors.
         let layout = by_name[fi].remove(rec.name.as_str()).ok_or_else(|| {
@@ -455,12 +469,12 @@ fn open_checkpoint(dir: &Path, dir_fd: &File) -> Result<Opened> {
     for (fi, rest) in by_name.iter().enumerate() {
         if let Some(name) = rest.keys().next() {
             return Err(Error::format(
-                &files[fi].path,
+                paths[fi],
                 format!("tensor {name:?}: in the file header but not in the manifest"),
             ));
         }
     }
-    Ok((manifest, files, tensors))
+    Ok(tensors)
 }
 
 impl Checkpoint {

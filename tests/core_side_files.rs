@@ -24,7 +24,14 @@ fn save_with(target: &std::path::Path, side: &[SideFile]) -> ckptio::Result<()> 
         durable: false,
         ..Default::default()
     };
-    save_with_files(target, Kind::Sampler, &[group], side, user, &opts)
+    save_with_files(
+        &ckptio::Location::Local(target.to_path_buf()),
+        Kind::Sampler,
+        &[group],
+        side,
+        user,
+        &opts,
+    )
 }
 
 #[test]

@@ -206,7 +206,7 @@ def test_async_save_without_snapshot_refuses_a_storage_freed_before_the_write(tm
 def test_core_save_refuses_a_raw_address(tmp_path):
     out = _run(tmp_path, """
         groups = [("model", [("raw", "U8", [4096], (16, 4096))], [])]
-        report(lambda: _core.save(PATH, "sampler", groups, "{}"))
+        report(lambda: _core.save(PATH, "sampler", groups, "{}", _core.SaveOptions()))
     """)  # fmt: skip
     _assert_refused(out, ("TypeError",), "raw")
 

@@ -15,3 +15,18 @@ def test_quick_start_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     exec(compile(code, "README.md", "exec"), {})
     assert sorted(p.name for p in (tmp_path / "ckpts").iterdir()) == ["sampler-001200", "step-001200"]
+
+
+def test_object_storage_example_runs(tmp_path, monkeypatch, s3url):
+    """The README's S3 example, against the test server (its bucket in place of yours)."""
+    text = README.read_text()
+    section = text[text.index("## Object storage") : text.index("## Hugging Face and PEFT")]
+    (code,) = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    assert "s3://my-bucket/run-7" in code
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ckpts").mkdir()
+    exec(compile(code.replace("s3://my-bucket/run-7", s3url), "README.md", "exec"), {})
+    import ckptio
+
+    assert ckptio.open(tmp_path / "ckpts" / "step-000100").step == 100
+    assert ckptio.verify(f"{s3url}/step-000100") == []

@@ -162,7 +162,7 @@ def test_bad_values_are_refused_naming_the_file(tmp_path: Path) -> None:
     from ckptio import _core
 
     with pytest.raises(ValueError, match="not allowed"):
-        _core.save(str(tmp_path / "ck"), "sampler", [], "{}", side_files=[("../x", b"")])
+        _core.save(str(tmp_path / "ck"), "sampler", [], "{}", _core.SaveOptions(), side_files=[("../x", b"")])
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 

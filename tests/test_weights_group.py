@@ -5,23 +5,33 @@ them as the weights."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from _faults import read_manifest, write_manifest
 
 import ckptio
-from ckptio._plan import SavePlan
+from ckptio._plan import SavePlan, save_options
 
 
-def _save(path: Path, kind: str = "sampler", **kw: object) -> Path:
+def _save(path: Path, kind: str = "sampler", *, extra_files: Any = None, **kw: Any) -> Path:
     weights = {
         "a.lora_A.weight": np.ones((2, 3), np.float32),
         "a.lora_B.weight": np.zeros((4, 2), np.float32),
     }
     weights["tied"] = weights["a.lora_A.weight"]
     opt = {"m": np.arange(3.0)} if kind == "state" else None
-    return SavePlan(path, kind, weights, opt, weights_group="adapter_model", **kw).write()  # type: ignore[arg-type]
+    plan = SavePlan(
+        path,
+        kind,
+        weights,
+        opt,
+        options=save_options(**kw),
+        extra_files=extra_files,
+        weights_group="adapter_model",
+    )
+    return Path(plan.write())
 
 
 @pytest.mark.parametrize("kind", ["sampler", "state"])

@@ -51,6 +51,7 @@ from .errors import (
 )
 from .hf import export, import_checkpoint
 from .run import CheckpointRecord, ResumePoint, Run
+from .transfer import copy
 
 __version__ = "0.1.0"
 
@@ -71,6 +72,7 @@ __all__ = [
     "TrainingState",
     "UnverifiedCheckpointWarning",
     "cleanup",
+    "copy",
     "export",
     "import_checkpoint",
     "load_state",

@@ -11,7 +11,9 @@ __all__ = [
     "FORMAT_VERSION",
     "Checkpoint",
     "MappedFile",
+    "SaveOptions",
     "cleanup",
+    "copy",
     "copy_into",
     "delete_checkpoint",
     "describe_checkpoint",
@@ -39,23 +41,52 @@ _Tensor = tuple[str, str, Sequence[int], _Source]
 # (group name, tensors, safetensors __metadata__ entries)
 _Group = tuple[str, Sequence[_Tensor], Sequence[tuple[str, str]]]
 
+@final
+class SaveOptions:
+    """The options of one save, as one typed object from the Python API to the core."""
+
+    def __new__(
+        cls,
+        *,
+        overwrite: bool = False,
+        durable: bool = True,
+        threads: int = 0,
+        max_shard_bytes: int | None = None,
+        part_size: int = ...,
+        parts_in_flight: int = ...,
+        storage_options: Sequence[tuple[str, str]] | None = None,
+    ) -> SaveOptions: ...
+    @property
+    def overwrite(self) -> bool: ...
+    @property
+    def durable(self) -> bool: ...
+    @property
+    def threads(self) -> int: ...
+    @property
+    def max_shard_bytes(self) -> int | None: ...
+    @property
+    def part_size(self) -> int: ...
+    @property
+    def parts_in_flight(self) -> int: ...
+    @property
+    def storage_options(self) -> list[tuple[str, str]]: ...
+
 def save(
-    path: str | PathLike[str],
+    location: str | PathLike[str],
     kind: str,
     groups: Sequence[_Group],
     user_json: str,
-    *,
-    overwrite: bool = False,
-    durable: bool = True,
-    threads: int = 0,
-    max_shard_bytes: int | None = None,
+    options: SaveOptions,
     side_files: Sequence[tuple[str, bytes]] = ...,
 ) -> None:
-    """Writes a checkpoint directory atomically; releases the GIL while writing.
-    ``side_files`` are (plain name, bytes) pairs saved whole, checksummed."""
+    """Writes a checkpoint atomically at a path or an ``s3://`` URL; releases the GIL
+    while writing. ``side_files`` are (plain name, bytes) pairs saved whole,
+    checksummed."""
 
-def open(path: str | PathLike[str]) -> Checkpoint:
-    """Reads and checks the manifest and every header, maps the files privately."""
+def open(
+    location: str | PathLike[str], storage_options: Sequence[tuple[str, str]] | None = None
+) -> Checkpoint:
+    """Reads and checks the manifest and every header; maps local files privately."""
 
 def open_safetensors(path: str | PathLike[str], names: Sequence[str] | None = None) -> Checkpoint:
     """Maps the safetensors files of a directory without a ckptio manifest (``names``,
@@ -69,9 +100,25 @@ def copy_into(
     parallel, with the GIL released. Destinations may not overlap each other or a
     source. ``names`` (one per pair) name the tensors in errors."""
 
-def cleanup(directory: str | PathLike[str]) -> tuple[list[str], list[tuple[str, str]]]:
-    """Removes leftovers of dead saves in ``directory``; returns their paths, and the
-    entries named like leftovers that it left alone, each with the reason."""
+def copy(
+    src: str | PathLike[str],
+    dst: str | PathLike[str],
+    options: SaveOptions,
+    src_storage_options: Sequence[tuple[str, str]] | None = None,
+    progress: Callable[[int, int], object] | None = None,
+) -> None:
+    """Copies the checkpoint at ``src`` to ``dst`` (paths or ``s3://`` URLs), streaming
+    every file, checking every checksum, committing ``dst`` atomically."""
+
+def cleanup(
+    location: str | PathLike[str],
+    storage_options: Sequence[tuple[str, str]] | None = None,
+    older_than: float = 3600.0,
+) -> tuple[list[str], list[tuple[str, str]]]:
+    """Removes leftovers of dead saves at ``location`` (a directory, or an ``s3://``
+    prefix, where data older than ``older_than`` seconds that no manifest points to
+    counts as dead); returns their paths, and the entries named like leftovers that it
+    left alone, each with the reason."""
 
 # (kind, checkpoint_id, user_json, size_bytes: listed files + manifest, manifest mtime)
 _Summary = tuple[str, str, str, int, float]
@@ -117,6 +164,8 @@ class Checkpoint:
     def user_json(self) -> str: ...
     @property
     def file_names(self) -> list[str]: ...
+    @property
+    def mapped(self) -> bool: ...
     @property
     def has_checksums(self) -> bool: ...
     @property

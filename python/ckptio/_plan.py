@@ -7,13 +7,13 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from . import _core
 from ._gc import gc_paused
+from ._location import Location, as_location, storage_items
 from ._side_files import prepare_side_files
 from ._tensors import SameViews, as_saveable, is_torch_tensor
 from ._tree import flatten, int_json
@@ -77,6 +77,46 @@ def _user_section(
     return '{"metadata":' + meta_json + "," + json.dumps(section, allow_nan=False)[1:]
 
 
+def save_options(
+    *,
+    overwrite: bool = False,
+    durable: bool = True,
+    threads: int | None = None,
+    max_shard_bytes: int | None = None,
+    part_size: int | None = None,
+    parts_in_flight: int | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+) -> _core.SaveOptions:
+    """The public save keywords, checked, as the one options object that travels to the
+    core (a new option is a field here and in ``_core.SaveOptions``).
+
+    Example:
+        >>> save_options(overwrite=True, threads=2).threads
+        2
+    """
+    if max_shard_bytes is not None and max_shard_bytes <= 0:
+        raise ValueError(f"max_shard_bytes must be positive, got {max_shard_bytes}")
+    if threads is not None and threads <= 0:
+        raise ValueError(f"threads must be positive, got {threads}")
+    sizes: dict[str, int] = {}
+    if part_size is not None:
+        if part_size < 5 << 20:
+            raise ValueError(f"part_size must be at least 5 MiB (an S3 rule), got {part_size}")
+        sizes["part_size"] = part_size
+    if parts_in_flight is not None:
+        if parts_in_flight <= 0:
+            raise ValueError(f"parts_in_flight must be positive, got {parts_in_flight}")
+        sizes["parts_in_flight"] = parts_in_flight
+    return _core.SaveOptions(
+        overwrite=overwrite,
+        durable=durable,
+        threads=threads or 0,
+        max_shard_bytes=max_shard_bytes,
+        storage_options=storage_items(storage_options),
+        **sizes,
+    )
+
+
 class SavePlan:
     """Everything a save needs, checked; built synchronously in the caller's thread."""
 
@@ -87,26 +127,19 @@ class SavePlan:
         weights: Mapping[str, Any],
         optimizer_state: Any = None,
         *,
+        options: _core.SaveOptions | None = None,
         step: Any = None,
         metadata: Any = None,
-        overwrite: bool = False,
-        durable: bool = True,
-        threads: int | None = None,
-        max_shard_bytes: int | None = None,
         extra_files: Mapping[str, Any] | None = None,
         weights_group: str = WEIGHTS,
         extra_user: Mapping[str, Any] | None = None,  # more keys of the manifest's user section
     ) -> None:
         if not isinstance(weights, Mapping):
             raise TypeError(f"weights must be a mapping of name -> array, got {type(weights).__name__}")
-        if max_shard_bytes is not None and max_shard_bytes <= 0:
-            raise ValueError(f"max_shard_bytes must be positive, got {max_shard_bytes}")
-        if threads is not None and threads <= 0:
-            raise ValueError(f"threads must be positive, got {threads}")
-        self.path = Path(path)
+        self.path: Location = as_location(path)
         self.kind = kind
-        self.overwrite, self.durable = overwrite, durable
-        self.threads, self.max_shard_bytes = threads or 0, max_shard_bytes
+        self.options = options if options is not None else save_options()
+        self.threads = self.options.threads
         if weights_group == OPTIMIZER:
             raise ValueError(f"the weights cannot be stored as group {OPTIMIZER!r}")
         self.side_files = prepare_side_files(extra_files)
@@ -160,17 +193,14 @@ class SavePlan:
                 if row.borrowed and is_torch_tensor(row.data):
                     rows[i] = row._replace(data=row.data.detach())
 
-    def write(self) -> Path:
+    def write(self) -> Location:
         """Writes and commits the checkpoint (GIL released inside the core)."""
         _core.save(
             os.fspath(self.path),
             self.kind,
             [(name, [r[:4] for r in rows], meta) for name, rows, meta in self.groups],
             self.user_json,
-            overwrite=self.overwrite,
-            durable=self.durable,
-            threads=self.threads,
-            max_shard_bytes=self.max_shard_bytes,
+            self.options,
             side_files=self.side_files,
         )
         return self.path

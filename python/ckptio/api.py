@@ -4,15 +4,19 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from . import _core
-from ._plan import SavePlan
+from ._location import Location, PathLike, is_url, storage_items
+from ._plan import SavePlan, save_options
 from .checkpoint import Checkpoint
+from .errors import CheckpointNotFoundError
 
-PathLike = str | os.PathLike[str]
+_T = TypeVar("_T")
+#: Whole reads tried when an object-store checkpoint keeps being replaced mid-read.
+_READ_ATTEMPTS = 3
 
 
 class TrainingState(NamedTuple):
@@ -39,7 +43,10 @@ def save_weights_for_sampler(
     threads: int | None = None,
     max_shard_bytes: int | None = None,
     extra_files: Mapping[str, Any] | None = None,
-) -> Path:
+    part_size: int | None = None,
+    parts_in_flight: int | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+) -> Location:
     """Saves weights only: a light, inference-ready ``sampler`` checkpoint.
 
     ``weights`` maps names to numpy arrays or torch tensors; they are written straight
@@ -51,17 +58,25 @@ def save_weights_for_sampler(
     them: ``{"config.json": value}`` where a value is ``bytes``, a ``str`` (text), a
     path (``pathlib.Path``: the file's contents) or a dict (saved as JSON).
 
+    ``path`` may be an ``s3://bucket/prefix/name`` URL (docs/STORAGE.md): the tensors
+    stream from memory as parallel multipart uploads of ``part_size`` bytes (default
+    8 MiB), ``parts_in_flight`` at a time (default 8), and the manifest is committed
+    last with a conditional PUT. Endpoint and credentials come from the ``AWS_*``
+    variables; ``storage_options`` overrides them per call (``{"endpoint": ...}``).
+
     Example:
         >>> import numpy as np, ckptio, tempfile, os
         >>> path = os.path.join(tempfile.mkdtemp(), "sampler-000100")
         >>> ckptio.save_weights_for_sampler(path, {"weight_happy": np.array(2.0)}).name
         'sampler-000100'
     """
-    return SavePlan(
-        path, "sampler", weights, metadata=metadata,
+    options = save_options(
         overwrite=overwrite, durable=durable, threads=threads, max_shard_bytes=max_shard_bytes,
-        extra_files=extra_files,
-    ).write()  # fmt: skip
+        part_size=part_size, parts_in_flight=parts_in_flight, storage_options=storage_options,
+    )  # fmt: skip
+    return SavePlan(
+        path, "sampler", weights, metadata=metadata, options=options, extra_files=extra_files
+    ).write()
 
 
 def save_state(
@@ -76,7 +91,10 @@ def save_state(
     threads: int | None = None,
     max_shard_bytes: int | None = None,
     extra_files: Mapping[str, Any] | None = None,
-) -> Path:
+    part_size: int | None = None,
+    parts_in_flight: int | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+) -> Location:
     """Saves weights and optimizer state: a ``state`` checkpoint for an exact resume.
 
     ``optimizer_state`` is any tree of dict / list / tuple whose leaves are arrays,
@@ -93,14 +111,17 @@ def save_state(
         >>> ckptio.load_state_with_optimizer(path).optimizer_state == adam
         True
     """
-    return SavePlan(
-        path, "state", weights, optimizer_state, step=step, metadata=metadata,
+    options = save_options(
         overwrite=overwrite, durable=durable, threads=threads, max_shard_bytes=max_shard_bytes,
+        part_size=part_size, parts_in_flight=parts_in_flight, storage_options=storage_options,
+    )  # fmt: skip
+    return SavePlan(
+        path, "state", weights, optimizer_state, step=step, metadata=metadata, options=options,
         extra_files=extra_files,
     ).write()  # fmt: skip
 
 
-def open(path: PathLike) -> Checkpoint:
+def open(path: PathLike, *, storage_options: Mapping[str, Any] | None = None) -> Checkpoint:
     """Opens a checkpoint lazily: validates the manifest and headers, maps the files,
     reads no tensor data.
 
@@ -109,6 +130,9 @@ def open(path: PathLike) -> Checkpoint:
     ``.safetensors`` file, opens too: read-only, every header validated as for
     ckptio's own files, but without checksums, with one ``UnverifiedCheckpointWarning``.
 
+    An ``s3://`` URL fetches only the manifest and the headers; each tensor is then
+    read with ranged GETs when indexed (a copy, checksum checked: nothing is mapped).
+
     Example:
         >>> import numpy as np, ckptio, tempfile, os
         >>> path = os.path.join(tempfile.mkdtemp(), "ck")
@@ -116,7 +140,19 @@ def open(path: PathLike) -> Checkpoint:
         >>> ckptio.open(path).info("bias")
         TensorInfo(name='bias', group='model', dtype='F32', shape=(), nbytes=4, file='model.safetensors')
     """
-    return Checkpoint(path, allow_foreign=True)
+    return Checkpoint(path, allow_foreign=True, storage_options=storage_options)
+
+
+def _retry_replaced(read: Callable[[], _T], path: PathLike) -> _T:
+    """Runs a whole read; on an object store, starts it over if the checkpoint is
+    replaced while it is read (its old data vanishes: never a mix of two saves)."""
+    for _ in range(_READ_ATTEMPTS - 1):
+        try:
+            return read()
+        except CheckpointNotFoundError as e:
+            if not is_url(path) or "replaced or deleted while it was read" not in str(e):
+                raise
+    return read()
 
 
 def load_state(
@@ -126,6 +162,7 @@ def load_state(
     device: Any = None,
     verify: bool = False,
     copy: bool = False,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Loads the weights of either kind of checkpoint, in save order, as zero-copy
     views of the mapped files: numpy arrays or torch tensors, as they were saved, unless
@@ -144,12 +181,16 @@ def load_state(
         >>> list(ckptio.load_state(path))
         ['b', 'a']
     """
-    ckpt = Checkpoint(path, allow_foreign=True)
-    if verify:
-        ckpt.verify()
-    if not copy:
-        ckpt.prefetch()
-    return ckpt.weights(framework=framework, device=device, copy=copy)
+
+    def read() -> dict[str, Any]:
+        ckpt = Checkpoint(path, allow_foreign=True, storage_options=storage_options)
+        if verify:
+            ckpt.verify()
+        if not copy:
+            ckpt.prefetch()
+        return ckpt.weights(framework=framework, device=device, copy=copy)
+
+    return _retry_replaced(read, path)
 
 
 def load_state_with_optimizer(
@@ -159,6 +200,7 @@ def load_state_with_optimizer(
     device: Any = None,
     verify: bool = False,
     copy: bool = False,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> TrainingState:
     """Loads weights, optimizer state, step and metadata of a ``state`` checkpoint.
 
@@ -175,17 +217,23 @@ def load_state_with_optimizer(
         >>> opt, step, meta
         ({'step': 7}, 7, {'lr': 0.1})
     """
-    ckpt = Checkpoint(path)
-    if verify:
-        ckpt.verify()
-    if not copy:
-        ckpt.prefetch()
-    optimizer_state = ckpt.optimizer_state(framework=framework, device=device, copy=copy)
-    weights = ckpt.weights(framework=framework, device=device, copy=copy)
-    return TrainingState(weights, optimizer_state, ckpt.step, ckpt.metadata)
+
+    def read() -> TrainingState:
+        ckpt = Checkpoint(path, storage_options=storage_options)
+        if verify:
+            ckpt.verify()
+        if not copy:
+            ckpt.prefetch()
+        optimizer_state = ckpt.optimizer_state(framework=framework, device=device, copy=copy)
+        weights = ckpt.weights(framework=framework, device=device, copy=copy)
+        return TrainingState(weights, optimizer_state, ckpt.step, ckpt.metadata)
+
+    return _retry_replaced(read, path)
 
 
-def verify(path: PathLike, *, threads: int | None = None) -> list[str]:
+def verify(
+    path: PathLike, *, threads: int | None = None, storage_options: Mapping[str, Any] | None = None
+) -> list[str]:
     """Checks every byte of a checkpoint against its checksums: tensors, headers, side
     files, manifest.
 
@@ -204,10 +252,12 @@ def verify(path: PathLike, *, threads: int | None = None) -> list[str]:
         >>> ckptio.verify(path)
         ['notes.txt']
     """
-    return Checkpoint(path).verify(threads=threads)
+    return _retry_replaced(
+        lambda: Checkpoint(path, storage_options=storage_options).verify(threads=threads), path
+    )
 
 
-class CleanupResult(list[Path]):
+class CleanupResult(list[Location]):
     """What ``cleanup`` returns: the leftovers it removed or put back, as a list of
     paths, and in ``skipped`` the entries named like leftovers that it left alone,
     as ``(path, reason)`` pairs (a save in progress, something that is not a
@@ -219,12 +269,14 @@ class CleanupResult(list[Path]):
         (1, [])
     """
 
-    def __init__(self, done: list[Path], skipped: list[tuple[Path, str]]) -> None:
+    def __init__(self, done: list[Location], skipped: list[tuple[Location, str]]) -> None:
         super().__init__(done)
         self.skipped = skipped
 
 
-def cleanup(directory: PathLike) -> CleanupResult:
+def cleanup(
+    directory: PathLike, *, older_than: float = 3600.0, storage_options: Mapping[str, Any] | None = None
+) -> CleanupResult:
     """Removes what interrupted saves left in ``directory`` (hidden
     ``.NAME.ckptio-tmp-*`` directories) and puts back an old checkpoint that an
     interrupted replace had moved aside (``.NAME.ckptio-old-*``). Returns the paths
@@ -235,6 +287,11 @@ def cleanup(directory: PathLike) -> CleanupResult:
     cleanup removes a leftover only while it holds that lock itself. See
     docs/GUARANTEES.md.
 
+    On an object store (``s3://bucket/prefix``: a checkpoint or a folder of them) it
+    removes the data of saves that no manifest points to (killed before their commit,
+    or replaced) once their newest object is ``older_than`` seconds old (default one
+    hour: an object store has no lock to prove a save dead, so age stands in for it).
+
     Example:
         >>> import ckptio, tempfile, pathlib
         >>> d = tempfile.mkdtemp()
@@ -243,5 +300,8 @@ def cleanup(directory: PathLike) -> CleanupResult:
         >>> result, [reason.split(",")[0] for _, reason in result.skipped]
         ([], ['not a directory'])
     """
-    done, skipped = _core.cleanup(os.fspath(directory))
-    return CleanupResult([Path(p) for p in done], [(Path(p), why) for p, why in skipped])
+    if older_than < 0:
+        raise ValueError(f"older_than must be >= 0, got {older_than}")
+    done, skipped = _core.cleanup(os.fspath(directory), storage_items(storage_options), older_than)
+    place = str if is_url(directory) else Path
+    return CleanupResult([place(p) for p in done], [(place(p), why) for p, why in skipped])

@@ -31,17 +31,17 @@ import threading
 from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ._plan import PathLike, SavePlan
+from ._location import Location
+from ._plan import PathLike, SavePlan, save_options
 
 _WORKERS = 4
 
 
-class SaveFuture(Future[Path]):
+class SaveFuture(Future[Location]):
     """A ``concurrent.futures.Future`` whose result is the checkpoint path; a failed
     save raises its exception from ``result()``.
 
@@ -52,12 +52,12 @@ class SaveFuture(Future[Path]):
         ('a', True, None)
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Location) -> None:
         super().__init__()
         self.path = path
         self._observed = False
 
-    def result(self, timeout: float | None = None) -> Path:
+    def result(self, timeout: float | None = None) -> Location:
         self._observed = True
         return super().result(timeout)
 
@@ -145,6 +145,9 @@ def save_state_async(
     max_shard_bytes: int | None = None,
     snapshot: bool = True,
     extra_files: Mapping[str, Any] | None = None,
+    part_size: int | None = None,
+    parts_in_flight: int | None = None,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> SaveFuture:
     """``save_state`` in the background; returns once the state is snapshotted.
 
@@ -160,9 +163,12 @@ def save_state_async(
         >>> ckptio.load_state(fut.result())["w"].tolist()
         [0.0, 0.0, 0.0]
     """
-    plan = SavePlan(
-        path, "state", weights, optimizer_state, step=step, metadata=metadata,
+    options = save_options(
         overwrite=overwrite, durable=durable, threads=threads, max_shard_bytes=max_shard_bytes,
+        part_size=part_size, parts_in_flight=parts_in_flight, storage_options=storage_options,
+    )  # fmt: skip
+    plan = SavePlan(
+        path, "state", weights, optimizer_state, step=step, metadata=metadata, options=options,
         extra_files=extra_files,
     )  # fmt: skip
     return _submit(plan, snapshot)
@@ -179,6 +185,9 @@ def save_weights_for_sampler_async(
     max_shard_bytes: int | None = None,
     snapshot: bool = True,
     extra_files: Mapping[str, Any] | None = None,
+    part_size: int | None = None,
+    parts_in_flight: int | None = None,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> SaveFuture:
     """``save_weights_for_sampler`` in the background; returns once the weights are
     snapshotted (see ``save_state_async``).
@@ -190,15 +199,15 @@ def save_weights_for_sampler_async(
         >>> fut.result().name
         's'
     """
-    plan = SavePlan(
-        path, "sampler", weights, metadata=metadata,
+    options = save_options(
         overwrite=overwrite, durable=durable, threads=threads, max_shard_bytes=max_shard_bytes,
-        extra_files=extra_files,
+        part_size=part_size, parts_in_flight=parts_in_flight, storage_options=storage_options,
     )  # fmt: skip
+    plan = SavePlan(path, "sampler", weights, metadata=metadata, options=options, extra_files=extra_files)
     return _submit(plan, snapshot)
 
 
-def wait_for_saves(timeout: float | None = None) -> list[Path]:
+def wait_for_saves(timeout: float | None = None) -> list[Location]:
     """Waits for every pending async save; returns their paths and raises the first
     failure among them.
 

@@ -15,6 +15,7 @@ import numpy as np
 from . import _core
 from ._dtypes import ITEMSIZE, st_to_numpy, st_to_torch
 from ._gc import gc_paused
+from ._location import Location, as_location, storage_items
 from ._tree import array_leaves, int_from_json, unflatten
 from .errors import CheckpointKindError, CheckpointNotFoundError, FormatError, UnverifiedCheckpointWarning
 
@@ -60,18 +61,29 @@ class Checkpoint(Mapping[str, Any]):
         sampler ['w'] (3,) 3.0
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, allow_foreign: bool = False) -> None:
-        self._attach(Path(path), _open_core(Path(path), allow_foreign))
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        allow_foreign: bool = False,
+        storage_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        place = as_location(path)
+        if isinstance(place, str):  # an object store: manifest and headers fetched
+            core = _core.open(place, storage_items(storage_options))
+        else:
+            core = _open_core(place, allow_foreign)
+        self._attach(place, core)
 
     @classmethod
-    def _of(cls, path: Path, core: _core.Checkpoint) -> Checkpoint:
+    def _of(cls, path: Location, core: _core.Checkpoint) -> Checkpoint:
         """A Checkpoint over a core view opened by the caller (import opens plain
         safetensors files itself, and says so itself)."""
         self = cls.__new__(cls)
         self._attach(path, core)
         return self
 
-    def _attach(self, path: Path, core: _core.Checkpoint) -> None:
+    def _attach(self, path: Location, core: _core.Checkpoint) -> None:
         self.path = path
         self._core = core
         try:
@@ -254,8 +266,10 @@ class Checkpoint(Mapping[str, Any]):
             info, fi, begin, end, _ = self._infos[(group, name)]
         except KeyError:
             raise KeyError(f"no tensor {name!r} in {group!r} of {self.path}") from None
-        raw = self._file_bytes(fi)[begin:end]
         framework = framework or self.framework
+        if not self._core.mapped:  # an object store: one checksummed ranged read
+            return self._read_copies(group, [(name, framework)], device)[name]
+        raw = self._file_bytes(fi)[begin:end]
         if framework == "numpy":
             if device is not None:
                 raise ValueError("device= needs framework='torch'")
@@ -291,6 +305,7 @@ class Checkpoint(Mapping[str, Any]):
         """
         stored = [n for n in self._weight_names if n not in self._aliases]
         framework = framework or self.framework
+        copy = copy or not self._core.mapped
         with gc_paused():
             if copy:
                 out = self._read_copies(WEIGHTS, [(n, framework) for n in stored], device)
@@ -347,7 +362,7 @@ class Checkpoint(Mapping[str, Any]):
             return framework or ("torch" if tag == "torch" else "numpy")
 
         copies: dict[str, Any] = {}
-        if copy:  # one parallel, checksummed read of every optimizer tensor
+        if copy or not self._core.mapped:  # one parallel, checksummed read of every optimizer tensor
             wanted = {name: framework_of(tag) for tag, name in array_leaves(skeleton)}
             copies = self._read_copies(OPTIMIZER, list(wanted.items()), device)
 

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from ._location import as_location, is_url
 from .api import cleanup
 from .checkpoint import Checkpoint
 from .errors import CkptioError
@@ -39,7 +40,7 @@ def _inspect(args: argparse.Namespace) -> int:
     elif args.kind is not None:
         raise ValueError("--kind applies to RUN NAME, not to a checkpoint path")
     else:
-        path = Path(args.path)
+        path = as_location(args.path)
     ckpt = Checkpoint(path, allow_foreign=True)
     infos = ckpt.tensors
     total = sum(t.nbytes for t in infos)
@@ -67,8 +68,8 @@ def _verify(args: argparse.Namespace) -> int:
     failed = 0
     for label, path in checkpoint_paths(args.paths, args.kind):
         try:
-            if isinstance(path, str):  # a run's checkpoint whose manifest is unreadable
-                raise CkptioError(path)
+            if isinstance(path, CkptioError):  # a run's checkpoint whose manifest is unreadable
+                raise path
             uncovered = verify_one(path, progress)
             print(f"ok       {label}")
             for name in uncovered:
@@ -82,7 +83,7 @@ def _verify(args: argparse.Namespace) -> int:
 def _is_run(path: str) -> bool:
     from ._run_store import is_run
 
-    return is_run(Path(path))
+    return not is_url(path) and is_run(Path(path))
 
 
 def _cleanup(args: argparse.Namespace) -> int:
@@ -91,11 +92,20 @@ def _cleanup(args: argparse.Namespace) -> int:
 
         result = Run(args.directory).cleanup()
     else:
-        result = cleanup(args.directory)
+        result = cleanup(args.directory, older_than=args.older_than)
     for p in result:
         print(f"cleaned  {p}")
     for p, why in result.skipped:
         print(f"skipped  {p}: {why}")
+    return 0
+
+
+def _cp(args: argparse.Namespace) -> int:
+    from .cli_run import copy_with_progress
+
+    progress = sys.stderr.isatty() if args.progress is None else args.progress
+    copy_with_progress(args.src, args.dst, overwrite=args.overwrite, progress=progress)
+    print(f"copied   {args.src} -> {args.dst}")
     return 0
 
 
@@ -127,8 +137,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_verify)
     p = sub.add_parser("cleanup", help="remove leftovers of interrupted saves in a directory or a run")
-    p.add_argument("directory")
+    p.add_argument("directory", metavar="DIRECTORY|URL")
+    p.add_argument(
+        "--older-than", type=float, default=3600.0, metavar="SECONDS",
+        help="object stores: remove unreferenced data only once this old (default: 3600)",
+    )  # fmt: skip
     p.set_defaults(func=_cleanup)
+    p = sub.add_parser("cp", help="copy a checkpoint (local path <-> s3:// URL), checking every checksum")
+    p.add_argument("src", metavar="SRC")
+    p.add_argument("dst", metavar="DST")
+    p.add_argument("--overwrite", action="store_true", help="replace a checkpoint at DST")
+    p.add_argument(
+        "--progress", action=argparse.BooleanOptionalAction, help="progress bar (default: on a TTY)"
+    )
+    p.set_defaults(func=_cp)
     add_hf_parsers(sub)
     add_run_parsers(sub)
     try:

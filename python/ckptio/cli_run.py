@@ -16,9 +16,10 @@ from typing import Any, TextIO
 
 from . import _retention as rules
 from . import _run_store as store
+from ._location import Location, as_location, is_url
 from .checkpoint import Checkpoint
 from .cli import human_bytes
-from .errors import CheckpointNotFoundError
+from .errors import CheckpointNotFoundError, CkptioError
 from .run import CheckpointRecord, Run
 
 _DURATION = re.compile(r"(?P<n>\d+(\.\d+)?)\s*(?P<unit>s|m|h|d|w)?")
@@ -58,21 +59,20 @@ def find(run: Run, name: str, kind: str | None) -> CheckpointRecord:
     return found[0]
 
 
-def checkpoint_paths(targets: list[str], kind: str | None) -> list[tuple[str, Path | str]]:
-    """(label, path) of what ``inspect``/``verify`` were given: checkpoint paths, or a
-    run followed by names (no names: every checkpoint of the run). A run's damaged
-    checkpoints come as (label, reason) so verify reports them."""
-    first = Path(targets[0])
-    if not store.is_run(first):
+def checkpoint_paths(targets: list[str], kind: str | None) -> list[tuple[str, Location | CkptioError]]:
+    """(label, path or URL) of what ``inspect``/``verify`` were given: checkpoint paths
+    or ``s3://`` URLs, or a run followed by names (no names: every checkpoint of the
+    run). A run's damaged checkpoints come as (label, error) so verify reports them."""
+    if is_url(targets[0]) or not store.is_run(Path(targets[0])):
         if kind is not None:
             raise ValueError("--kind applies to RUN NAME, not to checkpoint paths")
-        return [(t, Path(t)) for t in targets]
+        return [(t, as_location(t)) for t in targets]
     run = open_run(targets[0])
     if len(targets) > 1:
         return [(f"{targets[0]} {n}", find(run, n, kind).path) for n in targets[1:]]
     records, problems = run.scan(kind)
-    out: list[tuple[str, Path | str]] = [(str(r.path), r.path) for r in records]
-    return out + [(str(path), why) for path, why in problems]
+    out: list[tuple[str, Location | CkptioError]] = [(str(r.path), r.path) for r in records]
+    return out + [(str(path), CkptioError(why)) for path, why in problems]
 
 
 # -- output -----------------------------------------------------------------------------
@@ -180,10 +180,10 @@ def _ttl(args: argparse.Namespace) -> int:
     return 0
 
 
-def verify_one(path: Path, progress: bool) -> list[str]:
-    """Verifies one checkpoint, with a progress bar on stderr when ``progress``; returns
-    the files in its directory that the manifest does not cover."""
-    if not progress:
+def verify_one(path: Location, progress: bool) -> list[str]:
+    """Verifies one checkpoint, with a progress bar on stderr when ``progress`` (local
+    checkpoints); returns the files in its directory that the manifest does not cover."""
+    if not progress or isinstance(path, str):
         return Checkpoint(path).verify()
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -194,6 +194,39 @@ def verify_one(path: Path, progress: bool) -> list[str]:
         task = bar.add_task(path.name, total=None)
         return _core.verify_with_progress(
             path, lambda done, total: bar.update(task, completed=done, total=total)
+        )
+
+
+def copy_with_progress(src: str, dst: str, *, overwrite: bool, progress: bool) -> None:
+    """``ckptio.copy``, with a progress bar on stderr when ``progress``."""
+    from .transfer import copy
+
+    if not progress:
+        copy(src, dst, overwrite=overwrite)
+        return
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    columns = (
+        TextColumn("copy"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=_console(sys.stderr, terminal=True), transient=True) as bar:
+        task = bar.add_task("copy", total=None)
+        copy(
+            src,
+            dst,
+            overwrite=overwrite,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
         )
 
 

@@ -25,7 +25,8 @@ from typing import Any, NamedTuple
 
 from . import _retention as rules
 from . import _run_store as store
-from ._plan import PathLike, SavePlan
+from ._location import Location
+from ._plan import PathLike, SavePlan, save_options
 from .api import CleanupResult
 from .async_save import _submit
 from .checkpoint import Checkpoint
@@ -217,9 +218,11 @@ class Run:
         created = self.now()
         expires_at = None if seconds is None else created + timedelta(seconds=seconds)
         entry = rules.run_entry(created, expires_at, loop_state)
+        options = save_options(
+            overwrite=overwrite, durable=durable, threads=threads, max_shard_bytes=max_shard_bytes
+        )
         return _RunSave(
-            self, name, path, kind, weights, optimizer_state, step=step, metadata=metadata,
-            overwrite=overwrite, durable=durable, threads=threads, max_shard_bytes=max_shard_bytes,
+            self, name, path, kind, weights, optimizer_state, step=step, metadata=metadata, options=options,
             extra_files=extra_files, extra_user={"run": entry},
         )  # fmt: skip
 
@@ -567,7 +570,7 @@ class _RunSave(SavePlan):
         self.run, self.name = run, name
         self.record: list[CheckpointRecord] = []  # set once committed (shared with the future)
 
-    def write(self) -> Path:
+    def write(self) -> Location:
         store.prepare(self.run.root, self.kind)
         path = super().write()
         self.record.append(self.run._after_commit(self.kind, self.name))

@@ -367,6 +367,7 @@ def save_state(
     threads: int | None = None,
     max_shard_bytes: int | None = None,
     extra_files: Mapping[str, Any] | None = None,
+    storage_options: Mapping[str, Any] | None = None,
     name: str | None = None,
     loop_state: Any = None,
     ttl: Ttl = RUN_DEFAULT,
@@ -407,6 +408,8 @@ def save_state(
         step=step, metadata=metadata, overwrite=overwrite, durable=durable,
         threads=threads, max_shard_bytes=max_shard_bytes, extra_files=extra_files,
     )  # fmt: skip
+    if storage_options is not None:
+        kw["storage_options"] = storage_options  # a Run takes its own (Run(..., storage_options=))
     if isinstance(path, Run):
         return path.save_state(str(name), weights, tree, loop_state=loop_state, ttl=ttl, **kw)
     return api.save_state(path, weights, tree, **kw)
@@ -428,6 +431,7 @@ def save_state_async(
     max_shard_bytes: int | None = None,
     snapshot: bool = True,
     extra_files: Mapping[str, Any] | None = None,
+    storage_options: Mapping[str, Any] | None = None,
     name: str | None = None,
     loop_state: Any = None,
     ttl: Ttl = RUN_DEFAULT,
@@ -454,6 +458,8 @@ def save_state_async(
         step=step, metadata=metadata, overwrite=overwrite, durable=durable,
         threads=threads, max_shard_bytes=max_shard_bytes, snapshot=snapshot, extra_files=extra_files,
     )  # fmt: skip
+    if storage_options is not None:
+        kw["storage_options"] = storage_options  # a Run takes its own (Run(..., storage_options=))
     if isinstance(path, Run):
         return path.save_state_async(str(name), weights, tree, loop_state=loop_state, ttl=ttl, **kw)
     return save_state_async_core(path, weights, tree, **kw)
@@ -468,6 +474,7 @@ def load_state(
     rng: bool = True,
     strict: bool = True,
     verify: bool = False,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> LoadedState:
     """Restores a checkpoint into a freshly built ``model`` (and ``optimizer``,
     ``scheduler``), then the RNG states (``rng=True``). Returns the step, ``extra`` and
@@ -500,8 +507,9 @@ def load_state(
     if not callable(getattr(model, "load_state_dict", None)):
         raise TypeError(f"model must be a torch.nn.Module (with load_state_dict), got {type(model).__name__}")
     record = path if isinstance(path, CheckpointRecord) else None
-    path = Path(path)
-    ckpt = Checkpoint(path)
+    ckpt = Checkpoint(
+        path.path if isinstance(path, CheckpointRecord) else path, storage_options=storage_options
+    )
     if record is not None and ckpt.checkpoint_id != record.checkpoint_id:
         raise CheckpointNotFoundError(f"{path}: replaced by another save since this record was read")
     if verify:
@@ -561,6 +569,7 @@ def save_weights_for_sampler(
     threads: int | None = None,
     max_shard_bytes: int | None = None,
     extra_files: Mapping[str, Any] | None = None,
+    storage_options: Mapping[str, Any] | None = None,
     name: str | None = None,
     step: int | None = None,
     ttl: Ttl = RUN_DEFAULT,
@@ -597,17 +606,26 @@ def save_weights_for_sampler(
         metadata=metadata, overwrite=overwrite, durable=durable,
         threads=threads, max_shard_bytes=max_shard_bytes, extra_files=extra_files,
     )  # fmt: skip
+    if storage_options is not None:
+        kw["storage_options"] = storage_options  # a Run takes its own (Run(..., storage_options=))
     if isinstance(path, Run):
         return path.save_weights_for_sampler(str(name), weights, step=step, ttl=ttl, **kw)
     return api.save_weights_for_sampler(path, weights, **kw)
 
 
-def load_weights(path: api.PathLike, device: Any = None, *, verify: bool = False) -> dict[str, torch.Tensor]:
+def load_weights(
+    path: api.PathLike,
+    device: Any = None,
+    *,
+    verify: bool = False,
+    storage_options: Mapping[str, Any] | None = None,
+) -> dict[str, torch.Tensor]:
     """The weights of either kind of checkpoint as torch tensors, in save order.
 
     With ``device=None`` they are zero-copy views of the mapped files (writable; writes
     never reach the files); ``device="cuda"`` etc. copies them there. Tied weights come
-    back as one tensor under each name.
+    back as one tensor under each name. From an ``s3://`` URL they are copies, every
+    checksum checked.
 
     Example:
         >>> import torch, ckptio.torch, tempfile, os
@@ -616,4 +634,6 @@ def load_weights(path: api.PathLike, device: Any = None, *, verify: bool = False
         >>> ckptio.torch.load_weights(path)
         {'w': tensor([0, 1, 2])}
     """
-    return api.load_state(path, framework="torch", device=device, verify=verify)
+    return api.load_state(
+        path, framework="torch", device=device, verify=verify, storage_options=storage_options
+    )

@@ -4,25 +4,62 @@
 use std::os::raw::c_int;
 use std::sync::Arc;
 
-use pyo3::exceptions::PyIndexError;
+use pyo3::exceptions::{PyIndexError, PyValueError};
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyTuple};
 
 use super::borrowed;
 use super::errors::IntoPyResult;
-use crate::manifest::FileRole;
-use crate::reader::Checkpoint;
+use crate::manifest::{FileRole, Manifest};
+use crate::reader::{Checkpoint, TensorInfo};
+use crate::remote::RemoteCheckpoint;
 
 #[pyclass(frozen, name = "Checkpoint", module = "ckptio._core")]
 pub struct PyCheckpoint {
-    inner: Arc<Checkpoint>,
+    inner: Opened,
+}
+
+/// A local checkpoint (mapped files) or one in an object store (read by ranges).
+enum Opened {
+    Local(Arc<Checkpoint>),
+    Remote(Arc<RemoteCheckpoint>),
 }
 
 impl PyCheckpoint {
     pub fn new(inner: Checkpoint) -> Self {
         PyCheckpoint {
-            inner: Arc::new(inner),
+            inner: Opened::Local(Arc::new(inner)),
+        }
+    }
+
+    pub fn remote(inner: RemoteCheckpoint) -> Self {
+        PyCheckpoint {
+            inner: Opened::Remote(Arc::new(inner)),
+        }
+    }
+
+    fn manifest(&self) -> &Manifest {
+        match &self.inner {
+            Opened::Local(c) => &c.manifest,
+            Opened::Remote(c) => &c.manifest,
+        }
+    }
+
+    fn tensor_infos(&self) -> &[TensorInfo] {
+        match &self.inner {
+            Opened::Local(c) => &c.tensors,
+            Opened::Remote(c) => &c.tensors,
+        }
+    }
+
+    fn local(&self) -> PyResult<&Arc<Checkpoint>> {
+        match &self.inner {
+            Opened::Local(c) => Ok(c),
+            Opened::Remote(c) => Err(PyValueError::new_err(format!(
+                "{}: a checkpoint in an object store is not mapped; its tensors load as copies",
+                c.url.as_path().display()
+            ))),
         }
     }
 }
@@ -41,35 +78,48 @@ type TensorRow<'py> = (
 impl PyCheckpoint {
     #[getter]
     fn kind(&self) -> &'static str {
-        self.inner.kind().as_str()
+        self.manifest().kind.as_str()
     }
 
     #[getter]
     fn checkpoint_id(&self) -> &str {
-        &self.inner.manifest.checkpoint_id
+        &self.manifest().checkpoint_id
     }
 
     /// The manifest's opaque `user` section, as JSON text.
     #[getter]
     fn user_json(&self) -> String {
-        self.inner.manifest.user.get().to_owned()
+        self.manifest().user.get().to_owned()
     }
 
     #[getter]
     fn file_names(&self) -> Vec<String> {
-        self.inner.files.iter().map(|f| f.name.clone()).collect()
+        match &self.inner {
+            Opened::Local(c) => c.files.iter().map(|f| f.name.clone()).collect(),
+            Opened::Remote(c) => c.files.iter().map(|f| f.name.clone()).collect(),
+        }
     }
 
     /// False for safetensors files read without a ckptio manifest.
     #[getter]
     fn has_checksums(&self) -> bool {
-        self.inner.has_checksums()
+        match &self.inner {
+            Opened::Local(c) => c.has_checksums(),
+            Opened::Remote(_) => true,
+        }
+    }
+
+    /// True when tensor files are mapped (local); False for an object store, whose
+    /// tensors are read with `read_into`.
+    #[getter]
+    fn mapped(&self) -> bool {
+        matches!(self.inner, Opened::Local(_))
     }
 
     /// The side files saved with the checkpoint (`config.json` ...), in manifest order.
     #[getter]
     fn side_file_names(&self) -> Vec<String> {
-        let records = self.inner.manifest.files.iter();
+        let records = self.manifest().files.iter();
         records
             .filter(|r| r.role == FileRole::Side)
             .map(|r| r.name.clone())
@@ -78,9 +128,11 @@ impl PyCheckpoint {
 
     /// The bytes of a side file, checked against its size and checksum.
     fn read_side_file<'py>(&self, py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyBytes>> {
-        let inner = self.inner.clone();
         let bytes = py
-            .detach(move || inner.read_side_file(name))
+            .detach(|| match &self.inner {
+                Opened::Local(c) => c.read_side_file(name),
+                Opened::Remote(c) => c.read_side_file(name),
+            })
             .into_py_result()?;
         Ok(PyBytes::new(py, &bytes))
     }
@@ -88,8 +140,7 @@ impl PyCheckpoint {
     /// (group, name, dtype, shape, file index, begin, end) per tensor, in save order.
     fn tensors<'py>(&self, py: Python<'py>) -> PyResult<Vec<TensorRow<'py>>> {
         // Shapes as tuples: immutable, so the garbage collector soon stops tracking them.
-        self.inner
-            .tensors
+        self.tensor_infos()
             .iter()
             .map(|t| {
                 Ok((
@@ -107,13 +158,14 @@ impl PyCheckpoint {
 
     /// The mapped file `index`, as a writable buffer over the whole file.
     fn file(&self, index: usize) -> PyResult<PyMappedFile> {
-        if index >= self.inner.files.len() {
+        let ckpt = self.local()?;
+        if index >= ckpt.files.len() {
             return Err(PyIndexError::new_err(format!(
                 "file index {index} out of range"
             )));
         }
         Ok(PyMappedFile {
-            ckpt: self.inner.clone(),
+            ckpt: ckpt.clone(),
             index,
         })
     }
@@ -121,8 +173,11 @@ impl PyCheckpoint {
     /// Checks every byte; returns the directory entries the manifest does not cover.
     #[pyo3(signature = (threads=0))]
     fn verify(&self, py: Python<'_>, threads: usize) -> PyResult<Vec<String>> {
-        let inner = self.inner.clone();
-        py.detach(move || inner.verify(threads)).into_py_result()
+        py.detach(|| match &self.inner {
+            Opened::Local(c) => c.verify(threads),
+            Opened::Remote(c) => c.verify(),
+        })
+        .into_py_result()
     }
 
     /// Reads tensors (by index in `tensors()`) into writable buffers with parallel
@@ -135,7 +190,7 @@ impl PyCheckpoint {
         verify: bool,
         threads: usize,
     ) -> PyResult<()> {
-        let label = |i: usize| match self.inner.tensors.get(i) {
+        let label = |i: usize| match self.tensor_infos().get(i) {
             Some(t) => format!("tensor {:?}", t.name),
             None => format!("tensor index {i}"),
         };
@@ -150,22 +205,26 @@ impl PyCheckpoint {
         let dest_spans: Vec<_> = held.iter().map(|(i, d)| (d.span, label(*i))).collect();
         borrowed::check_disjoint(&dest_spans, &[])?;
         let spans: Vec<_> = held.iter().map(|(i, d)| (*i, d.span)).collect();
-        let inner = self.inner.clone();
         py.detach(move || {
             // SAFETY: destinations are held until return and overlap nothing.
             let jobs = spans
                 .into_iter()
                 .map(|(i, s)| (i, unsafe { borrowed::slice_mut(s) }))
                 .collect();
-            crate::copy::read_tensors(&inner, jobs, verify, threads)
+            match &self.inner {
+                Opened::Local(c) => crate::copy::read_tensors(c, jobs, verify, threads),
+                Opened::Remote(c) => c.read_tensors(jobs, verify),
+            }
         })
         .into_py_result()
     }
 
     /// Starts read-ahead of every tensor file (`madvise(WILLNEED)`).
     fn prefetch(&self, py: Python<'_>) {
-        let inner = self.inner.clone();
-        py.detach(move || {
+        let Opened::Local(inner) = &self.inner else {
+            return;
+        };
+        py.detach(|| {
             for f in &inner.files {
                 f.prefetch(0, f.len());
             }

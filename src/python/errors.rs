@@ -3,12 +3,21 @@
 
 use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
+use pyo3::types::{PyDict, PyString};
+use std::path::PathBuf;
 
 use crate::error::Error;
 
 fn class<'py>(py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyAny>> {
     py.import("ckptio.errors")?.getattr(name)
+}
+
+/// A path as Python shows it: a URL stays text (pathlib would fold its `//`).
+pub(crate) fn path_object(py: Python<'_>, path: PathBuf) -> PyResult<Bound<'_, PyAny>> {
+    match path.to_str() {
+        Some(text) if text.contains("://") => Ok(PyString::new(py, text).into_any()),
+        _ => Ok(path.into_pyobject(py)?.into_any()),
+    }
 }
 
 fn to_py(py: Python<'_>, e: Error) -> PyErr {
@@ -17,7 +26,7 @@ fn to_py(py: Python<'_>, e: Error) -> PyErr {
     let built = match e {
         Error::Io { source, path, .. } => class(py, "StorageError").and_then(|cls| {
             let errno = source.raw_os_error().unwrap_or(0);
-            cls.call1((errno, message, path))
+            cls.call1((errno, message, path_object(py, path)?))
         }),
         Error::NotFound { .. } => {
             class(py, "CheckpointNotFoundError").and_then(|c| c.call1((message,)))
@@ -27,13 +36,13 @@ fn to_py(py: Python<'_>, e: Error) -> PyErr {
         }
         Error::Format { file, .. } => class(py, "FormatError").and_then(|cls| {
             let kw = PyDict::new(py);
-            kw.set_item("file", file)?;
+            kw.set_item("file", path_object(py, file)?)?;
             cls.call((message,), Some(&kw))
         }),
         Error::Corrupt { file, tensor, .. } => {
             class(py, "CorruptCheckpointError").and_then(|cls| {
                 let kw = PyDict::new(py);
-                kw.set_item("file", file)?;
+                kw.set_item("file", path_object(py, file)?)?;
                 kw.set_item("tensor", tensor)?;
                 cls.call((message,), Some(&kw))
             })

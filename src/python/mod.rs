@@ -13,10 +13,10 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
-use crate::{writer, Dtype, Kind};
+use crate::{writer, Dtype, Kind, Location, StorageOptions};
 use borrowed::{Held, Sources};
 use checkpoint::{PyCheckpoint, PyMappedFile};
-use errors::IntoPyResult;
+use errors::{path_object, IntoPyResult};
 
 /// (name, dtype, shape, source) as passed from Python: the source exports a buffer or
 /// is a CPU torch tensor (checked in `borrowed.rs`).
@@ -77,41 +77,122 @@ fn take_sources(py: Python<'_>, groups: Vec<PyGroup<'_>>) -> PyResult<Vec<OwnedG
         .collect()
 }
 
+/// The options of a save, one typed object from the Python API to the core; see
+/// `_core.pyi`.
+#[pyclass(frozen, name = "SaveOptions", module = "ckptio._core")]
+#[derive(Clone)]
+pub struct PySaveOptions {
+    inner: writer::SaveOptions,
+}
+
+#[pymethods]
+impl PySaveOptions {
+    #[new]
+    #[pyo3(signature = (*, overwrite=false, durable=true, threads=0, max_shard_bytes=None,
+        part_size=writer::DEFAULT_PART_SIZE, parts_in_flight=writer::DEFAULT_PARTS_IN_FLIGHT,
+        storage_options=None))]
+    fn new(
+        overwrite: bool,
+        durable: bool,
+        threads: usize,
+        max_shard_bytes: Option<u64>,
+        part_size: usize,
+        parts_in_flight: usize,
+        storage_options: Option<Vec<(String, String)>>,
+    ) -> PyResult<Self> {
+        if max_shard_bytes == Some(0) {
+            return Err(PyValueError::new_err("max_shard_bytes must be positive"));
+        }
+        if parts_in_flight == 0 {
+            return Err(PyValueError::new_err("parts_in_flight must be positive"));
+        }
+        Ok(PySaveOptions {
+            inner: writer::SaveOptions {
+                overwrite,
+                durable,
+                threads,
+                max_shard_bytes,
+                part_size,
+                parts_in_flight,
+                storage: StorageOptions {
+                    config: storage_options.unwrap_or_default(),
+                },
+            },
+        })
+    }
+
+    #[getter]
+    fn overwrite(&self) -> bool {
+        self.inner.overwrite
+    }
+
+    #[getter]
+    fn durable(&self) -> bool {
+        self.inner.durable
+    }
+
+    #[getter]
+    fn threads(&self) -> usize {
+        self.inner.threads
+    }
+
+    #[getter]
+    fn max_shard_bytes(&self) -> Option<u64> {
+        self.inner.max_shard_bytes
+    }
+
+    #[getter]
+    fn part_size(&self) -> usize {
+        self.inner.part_size
+    }
+
+    #[getter]
+    fn parts_in_flight(&self) -> usize {
+        self.inner.parts_in_flight
+    }
+
+    #[getter]
+    fn storage_options(&self) -> Vec<(String, String)> {
+        self.inner.storage.config.clone()
+    }
+}
+
+/// A path (any bytes) or an `s3://` URL.
+pub(crate) fn location(path: PathBuf) -> PyResult<Location> {
+    Location::from_path(path).into_py_result()
+}
+
+/// Per-call object-store settings as the core takes them.
+pub(crate) fn storage_options(options: Option<Vec<(String, String)>>) -> StorageOptions {
+    StorageOptions {
+        config: options.unwrap_or_default(),
+    }
+}
+
 /// Saves a checkpoint; see `_core.pyi`.
 #[pyfunction]
-#[pyo3(signature = (path, kind, groups, user_json, *, overwrite=false, durable=true, threads=0, max_shard_bytes=None, side_files=Vec::new()))]
-#[allow(clippy::too_many_arguments)]
+#[pyo3(signature = (location, kind, groups, user_json, options, side_files=Vec::new()))]
 fn save(
     py: Python<'_>,
-    path: PathBuf,
+    location: PathBuf,
     kind: &str,
     groups: Vec<PyGroup<'_>>,
     user_json: &str,
-    overwrite: bool,
-    durable: bool,
-    threads: usize,
-    max_shard_bytes: Option<u64>,
+    options: PyRef<'_, PySaveOptions>,
     side_files: Vec<(String, Bound<'_, PyBytes>)>,
 ) -> PyResult<()> {
+    let location = self::location(location)?;
     let kind = Kind::parse(kind)
         .ok_or_else(|| PyValueError::new_err(format!("unknown checkpoint kind {kind:?}")))?;
     let user = serde_json::value::RawValue::from_string(user_json.to_owned())
         .map_err(|e| PyValueError::new_err(format!("user_json: {e}")))?;
-    if max_shard_bytes == Some(0) {
-        return Err(PyValueError::new_err("max_shard_bytes must be positive"));
-    }
     let owned = take_sources(py, groups)?;
     // Side files are small: copied, so the write needs no Python object.
     let side_files: Vec<(String, Vec<u8>)> = side_files
         .into_iter()
         .map(|(name, data)| (name, data.as_bytes().to_vec()))
         .collect();
-    let opts = writer::SaveOptions {
-        overwrite,
-        durable,
-        threads,
-        max_shard_bytes,
-    };
+    let opts = options.inner.clone();
     py.detach(|| {
         let groups: Vec<writer::GroupSource> = owned
             .iter()
@@ -135,7 +216,7 @@ fn save(
             .iter()
             .map(|(name, data)| writer::SideFile { name, data })
             .collect();
-        writer::save_with_files(&path, kind, &groups, &side_files, user, &opts)
+        writer::save_with_files(&location, kind, &groups, &side_files, user, &opts)
     })
     .into_py_result()
 }
@@ -180,24 +261,87 @@ fn copy_into(
     .into_py_result()
 }
 
-/// Opens a checkpoint (reads the manifest and headers, maps the files); see `_core.pyi`.
+/// Opens a checkpoint (reads the manifest and headers; maps local files); see
+/// `_core.pyi`.
 #[pyfunction]
-fn open(py: Python<'_>, path: PathBuf) -> PyResult<PyCheckpoint> {
-    let ckpt = py.detach(|| crate::open(&path)).into_py_result()?;
-    Ok(PyCheckpoint::new(ckpt))
+#[pyo3(signature = (location, storage_options=None))]
+fn open(
+    py: Python<'_>,
+    location: PathBuf,
+    storage_options: Option<Vec<(String, String)>>,
+) -> PyResult<PyCheckpoint> {
+    let location = self::location(location)?;
+    let options = self::storage_options(storage_options);
+    py.detach(|| match &location {
+        Location::Local(path) => crate::open(path).map(PyCheckpoint::new),
+        Location::Object(url) => crate::remote::open(url, &options).map(PyCheckpoint::remote),
+    })
+    .into_py_result()
 }
 
-/// Removes leftovers of dead saves in `directory`; see `_core.pyi`.
+/// Removes leftovers of dead saves at `location`; see `_core.pyi`.
 #[pyfunction]
-fn cleanup(py: Python<'_>, directory: PathBuf) -> PyResult<CleanupOutcome> {
+#[pyo3(signature = (location, storage_options=None, older_than=3600.0))]
+fn cleanup<'py>(
+    py: Python<'py>,
+    location: PathBuf,
+    storage_options: Option<Vec<(String, String)>>,
+    older_than: f64,
+) -> PyResult<CleanupOutcome<'py>> {
+    let location = self::location(location)?;
+    let options = self::storage_options(storage_options);
+    let grace = std::time::Duration::try_from_secs_f64(older_than)
+        .map_err(|e| PyValueError::new_err(format!("older_than: {e}")))?;
     let report = py
-        .detach(|| crate::lifecycle::cleanup(&directory))
+        .detach(|| match &location {
+            Location::Local(dir) => crate::lifecycle::cleanup(dir),
+            Location::Object(url) => crate::storage::object_cleanup::cleanup(url, &options, grace),
+        })
         .into_py_result()?;
-    Ok((report.done, report.skipped))
+    let done = report
+        .done
+        .into_iter()
+        .map(|p| path_object(py, p))
+        .collect::<PyResult<_>>()?;
+    let skipped = report
+        .skipped
+        .into_iter()
+        .map(|(p, why)| Ok((path_object(py, p)?, why)))
+        .collect::<PyResult<_>>()?;
+    Ok((done, skipped))
 }
 
-/// (paths removed or put back, (path, reason) of entries left alone).
-type CleanupOutcome = (Vec<PathBuf>, Vec<(PathBuf, String)>);
+/// Copies a checkpoint between places, checking every checksum; see `_core.pyi`.
+#[pyfunction]
+#[pyo3(signature = (src, dst, options, src_storage_options=None, progress=None))]
+fn copy(
+    py: Python<'_>,
+    src: PathBuf,
+    dst: PathBuf,
+    options: PyRef<'_, PySaveOptions>,
+    src_storage_options: Option<Vec<(String, String)>>,
+    progress: Option<Py<PyAny>>,
+) -> PyResult<()> {
+    let (src, dst) = (location(src)?, location(dst)?);
+    let src_options = match src_storage_options {
+        Some(items) => storage_options(Some(items)),
+        None => options.inner.storage.clone(),
+    };
+    let opts = options.inner.clone();
+    let report = |done: u64, total: u64| {
+        if let Some(callback) = &progress {
+            // A failing callback must not abort the copy; its error is dropped.
+            Python::attach(|py| {
+                let _ = callback.call1(py, (done, total));
+            });
+        }
+    };
+    py.detach(|| crate::transfer::copy(&src, &dst, &src_options, &opts, &report))
+        .into_py_result()
+}
+
+/// (paths or URLs removed or put back, (path or URL, reason) of entries left alone).
+type CleanupOutcome<'py> = (Vec<Bound<'py, PyAny>>, Vec<(Bound<'py, PyAny>, String)>);
 
 #[pymodule(name = "_core")]
 fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -205,10 +349,12 @@ fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(open, m)?)?;
     m.add_function(wrap_pyfunction!(cleanup, m)?)?;
     m.add_function(wrap_pyfunction!(copy_into, m)?)?;
+    m.add_function(wrap_pyfunction!(copy, m)?)?;
     foreign::register(m)?;
     lifecycle::register(m)?;
     m.add_class::<PyCheckpoint>()?;
     m.add_class::<PyMappedFile>()?;
+    m.add_class::<PySaveOptions>()?;
     m.add("FORMAT_VERSION", crate::manifest::FORMAT_VERSION)?;
     m.add("CHECKSUM_ALGORITHM", crate::checksum::ALGORITHM)?;
     Ok(())

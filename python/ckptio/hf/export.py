@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .._plan import SavePlan
+from .._plan import SavePlan, save_options
 from .._tensors import storage_key
 from ..checkpoint import Checkpoint
 from . import peft as _peft
@@ -98,9 +98,9 @@ def export(
             )
         group = "model"
     metadata = {"exported_from": {"path": os.fspath(src), "to": to}}
+    options = save_options(overwrite=overwrite, durable=durable, max_shard_bytes=max_shard_bytes)
     return SavePlan(
-        dst, "sampler", tensors, metadata=metadata, overwrite=overwrite, durable=durable,
-        max_shard_bytes=max_shard_bytes, extra_files=carried, weights_group=group,
+        dst, "sampler", tensors, metadata=metadata, options=options, extra_files=carried, weights_group=group,
     ).write()  # fmt: skip
 
 

@@ -8,7 +8,7 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from .._plan import SavePlan
+from .._plan import SavePlan, save_options
 from . import archive
 from ._common import Caster, PathLike, check_target, parse_dtype
 from .keymaps import KeyMap, rename
@@ -75,9 +75,9 @@ def import_checkpoint(
         cast = Caster(st_dtype)
         weights = {new: cast(source.weights[old]) for old, new in renamed.items()}
         metadata = {"imported_from": {"path": os.fspath(src), "format": source.format}}
+        options = save_options(overwrite=overwrite, durable=durable, max_shard_bytes=max_shard_bytes)
         return SavePlan(
-            dst, kind, weights, None, metadata=metadata, overwrite=overwrite, durable=durable,
-            max_shard_bytes=max_shard_bytes, extra_files=source.side_files,
+            dst, kind, weights, None, metadata=metadata, options=options, extra_files=source.side_files,
             weights_group=source.weights_group,
         ).write()  # fmt: skip
     finally:

@@ -1,0 +1,385 @@
+//! The object-store backend (S3 and compatibles: MinIO, SeaweedFS, R2, GCS's S3 API),
+//! on the `object_store` crate.
+//!
+//! Layout of the checkpoint `s3://bucket/prefix/name`:
+//!
+//! - `prefix/name/ckptio.json`: the manifest, written last, the commit point;
+//! - `prefix/name/ckptio-data/<checkpoint id>/<file>`: the tensor, index and side files
+//!   of the save whose manifest carries that checkpoint id.
+//!
+//! A save uploads its files under its own data prefix (tensor files as parallel
+//! multipart uploads streamed from the caller's memory, every request checksummed with
+//! CRC64NVME for the server to check), then PUTs the manifest with `If-None-Match: *`
+//! (a fresh name) or `If-Match: <etag of the manifest it replaces>` (`overwrite`).
+//! Until that PUT succeeds no reader can see the new files; afterwards a reader that
+//! opens the name gets only the new save's files. An overwrite then removes the data
+//! prefix of the checkpoint it replaced.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use futures::stream::{self, StreamExt, TryStreamExt};
+use object_store::path::Path as ObjPath;
+use object_store::{
+    GetOptions, ObjectStore, ObjectStoreExt, PutMode, PutMultipartOptions, PutOptions, PutPayload,
+    UpdateVersion, WriteMultipart,
+};
+
+use super::object_client::is_conflict;
+pub(crate) use super::object_client::{
+    block_on, connect, data_prefix, delete_prefix, manifest_path, runtime, store_error,
+};
+pub use super::object_client::{ObjectUrl, DATA_DIR};
+use super::{Producer, Sink};
+use crate::checksum::Hasher;
+use crate::error::{Error, Result};
+use crate::fault;
+use crate::manifest::{self, MANIFEST_NAME};
+use crate::save_plan::PlannedFile;
+use crate::writer::SaveOptions;
+
+/// Bytes fed to the upload (and hashed) per step.
+const FEED: usize = 1 << 20;
+/// Commit attempts when concurrent overwrites of one name keep replacing the manifest.
+const COMMIT_ATTEMPTS: usize = 16;
+
+/// A save in progress to an object store: its files go under a data prefix of its own.
+pub(crate) struct ObjectSink {
+    store: Arc<dyn ObjectStore>,
+    url: ObjectUrl,
+    key: ObjPath,
+    data: ObjPath,
+    checkpoint_id: String,
+    overwrite: bool,
+    committed: bool,
+    /// Names of the files uploaded so far.
+    written: Mutex<Vec<String>>,
+}
+
+impl ObjectSink {
+    pub(crate) fn stage(
+        url: &ObjectUrl,
+        checkpoint_id: &str,
+        opts: &SaveOptions,
+    ) -> Result<ObjectSink> {
+        if opts.part_size < 5 << 20 {
+            return Err(Error::InvalidArgument(format!(
+                "part_size must be at least 5 MiB (an S3 rule), got {}",
+                opts.part_size
+            )));
+        }
+        if opts.parts_in_flight == 0 {
+            return Err(Error::InvalidArgument(
+                "parts_in_flight must be positive".into(),
+            ));
+        }
+        let key = url.checkpoint_key()?;
+        let store = connect(url, &opts.storage)?;
+        // Fails early on wrong credentials or a missing bucket, and on an existing name
+        // without `overwrite` (the conditional PUT at commit is what decides, though).
+        let manifest = manifest_path(&key);
+        match block_on(store.head(&manifest))? {
+            Ok(_) if !opts.overwrite => {
+                return Err(Error::AlreadyExists {
+                    path: url.as_path().to_path_buf(),
+                    hint: " (pass overwrite=True to replace it)",
+                })
+            }
+            Ok(_) => {}
+            Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(store_error("check", url.as_path(), e)),
+        }
+        fault::point("staged");
+        Ok(ObjectSink {
+            data: data_prefix(&key, checkpoint_id),
+            store,
+            url: url.clone(),
+            key,
+            checkpoint_id: checkpoint_id.to_owned(),
+            overwrite: opts.overwrite,
+            committed: false,
+            written: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn object(&self, name: &str) -> (ObjPath, PathBuf) {
+        self.written
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(name.to_owned());
+        (self.data.clone().join(name), self.url.child(name))
+    }
+
+    /// Uploads one tensor file, hashing each tensor as it is fed; returns the hashes in
+    /// the order of the file's tensors.
+    async fn upload_file(&self, file: &PlannedFile<'_>, opts: &SaveOptions) -> Result<Vec<u64>> {
+        let (object, shown) = self.object(&file.name);
+        let mut order: Vec<usize> = (0..file.sources.len()).collect();
+        order.sort_by_key(|&ti| file.layout.tensors[ti].begin);
+        let mut hashes = vec![0u64; file.sources.len()];
+        let hash_into = |hashes: &mut Vec<u64>, ti: usize, feed: &mut dyn FnMut(&[u8])| {
+            let mut hasher = Hasher::new();
+            for chunk in file.sources[ti].data.chunks(FEED) {
+                hasher.update(chunk);
+                feed(chunk);
+            }
+            hashes[ti] = hasher.finish();
+        };
+        if file.layout.file_len <= opts.part_size as u64 {
+            // One request: the whole file in one buffer of at most a part.
+            let mut buf = Vec::with_capacity(file.layout.file_len as usize);
+            buf.extend_from_slice(&file.layout.header);
+            for &ti in &order {
+                hash_into(&mut hashes, ti, &mut |c| buf.extend_from_slice(c));
+                fault::point("data");
+            }
+            self.store
+                .put_opts(&object, PutPayload::from(buf), PutOptions::default())
+                .await
+                .map_err(|e| store_error("upload", &shown, e))?;
+            return Ok(hashes);
+        }
+        let upload = self
+            .store
+            .put_multipart_opts(&object, PutMultipartOptions::default())
+            .await
+            .map_err(|e| store_error("start upload", &shown, e))?;
+        let mut writer = WriteMultipart::new_with_chunk_size(upload, opts.part_size);
+        writer.write(&file.layout.header);
+        let mut failed = None;
+        'feed: for &ti in &order {
+            let mut hasher = Hasher::new();
+            for chunk in file.sources[ti].data.chunks(FEED) {
+                hasher.update(chunk);
+                if let Err(e) = writer.wait_for_capacity(opts.parts_in_flight).await {
+                    failed = Some(e);
+                    break 'feed;
+                }
+                writer.write(chunk);
+            }
+            hashes[ti] = hasher.finish();
+            fault::point("data");
+        }
+        let result = match failed {
+            Some(e) => {
+                let _ = writer.abort().await;
+                Err(e)
+            }
+            None => writer.finish().await.map(drop),
+        };
+        result.map_err(|e| store_error("upload", &shown, e))?;
+        Ok(hashes)
+    }
+}
+
+impl Sink for ObjectSink {
+    fn write_tensor_files(
+        &self,
+        files: &[PlannedFile],
+        opts: &SaveOptions,
+    ) -> Result<Vec<Vec<u64>>> {
+        // Small files go several at a time; a large one keeps `parts_in_flight` parts
+        // going by itself. Either way at most that many part-sized buffers are live.
+        let (large, small): (Vec<usize>, Vec<usize>) =
+            (0..files.len()).partition(|&i| files[i].layout.file_len > opts.part_size as u64);
+        let mut hashes: Vec<Vec<u64>> = vec![Vec::new(); files.len()];
+        block_on(async {
+            let done: Vec<(usize, Vec<u64>)> =
+                stream::iter(small)
+                    .map(|i| async move {
+                        Ok::<_, Error>((i, self.upload_file(&files[i], opts).await?))
+                    })
+                    .buffer_unordered(opts.parts_in_flight)
+                    .try_collect()
+                    .await?;
+            for (i, h) in done {
+                hashes[i] = h;
+                fault::point("file");
+            }
+            for i in large {
+                hashes[i] = self.upload_file(&files[i], opts).await?;
+                fault::point("file");
+            }
+            Ok::<_, Error>(())
+        })??;
+        fault::point("data_written");
+        Ok(hashes)
+    }
+
+    fn write_small_file(&self, name: &str, bytes: &[u8], _durable: bool) -> Result<()> {
+        let (object, shown) = self.object(name);
+        let payload = PutPayload::from(bytes.to_vec());
+        block_on(self.store.put_opts(&object, payload, PutOptions::default()))?
+            .map_err(|e| store_error("upload", &shown, e))?;
+        Ok(())
+    }
+
+    fn write_streamed(
+        &self,
+        name: &str,
+        len: u64,
+        opts: &SaveOptions,
+        produce: &mut Producer<'_>,
+    ) -> Result<()> {
+        let (object, shown) = self.object(name);
+        let rt = runtime()?;
+        if len <= opts.part_size as u64 {
+            let mut buf = Vec::with_capacity(len as usize);
+            produce(&mut |bytes: &[u8]| {
+                buf.extend_from_slice(bytes);
+                Ok(())
+            })?;
+            rt.block_on(
+                self.store
+                    .put_opts(&object, PutPayload::from(buf), PutOptions::default()),
+            )
+            .map_err(|e| store_error("upload", &shown, e))?;
+            return Ok(());
+        }
+        let upload = rt
+            .block_on(
+                self.store
+                    .put_multipart_opts(&object, PutMultipartOptions::default()),
+            )
+            .map_err(|e| store_error("start upload", &shown, e))?;
+        let mut writer = WriteMultipart::new_with_chunk_size(upload, opts.part_size);
+        // Called outside any async context (the producer may block on reads of its own).
+        let fed = produce(&mut |bytes: &[u8]| {
+            for chunk in bytes.chunks(FEED) {
+                rt.block_on(writer.wait_for_capacity(opts.parts_in_flight))
+                    .map_err(|e| store_error("upload", &shown, e))?;
+                let _in_runtime = rt.enter(); // `write` starts part uploads as tasks
+                writer.write(chunk);
+            }
+            Ok(())
+        });
+        match fed {
+            Ok(()) => rt
+                .block_on(writer.finish())
+                .map(drop)
+                .map_err(|e| store_error("upload", &shown, e)),
+            Err(e) => {
+                let _ = rt.block_on(writer.abort());
+                Err(e)
+            }
+        }
+    }
+
+    fn commit(mut self: Box<Self>, manifest_bytes: &[u8], _durable: bool) -> Result<()> {
+        fault::point("files_synced");
+        let manifest = manifest_path(&self.key);
+        let shown = self.url.child(MANIFEST_NAME);
+        block_on(self.check_uploaded())??;
+        let replaced = block_on(self.put_manifest(&manifest, manifest_bytes))??;
+        self.committed = true;
+        fault::point("manifest_written");
+        // The replaced checkpoint's data: no manifest points to it any more. A reader
+        // still loading it sees its objects vanish and starts over (never a mix).
+        if let Some(old_id) = replaced.filter(|id| *id != self.checkpoint_id) {
+            let prefix = data_prefix(&self.key, &old_id);
+            if let Err(e) = block_on(delete_prefix(&self.store, &prefix))? {
+                // The new checkpoint is committed; `cleanup` removes the rest later.
+                let _ = store_error("remove replaced data of", &shown, e);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl ObjectSink {
+    /// Refuses to commit if any uploaded file is gone (a `cleanup` with too short a
+    /// grace period took this save for a dead one): better no checkpoint than one
+    /// whose manifest points to missing data.
+    async fn check_uploaded(&self) -> Result<()> {
+        let listed: Vec<object_store::ObjectMeta> = self
+            .store
+            .list(Some(&self.data))
+            .try_collect()
+            .await
+            .map_err(|e| store_error("list", self.url.as_path(), e))?;
+        let prefix_len = self.data.as_ref().len() + 1;
+        let present: std::collections::HashSet<&str> = listed
+            .iter()
+            .map(|m| &m.location.as_ref()[prefix_len..])
+            .collect();
+        let written = self
+            .written
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(missing) = written.iter().find(|n| !present.contains(n.as_str())) {
+            return Err(Error::io(
+                "commit",
+                &self.url.child(missing),
+                std::io::Error::other("uploaded file removed before the commit (by a cleanup?)"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The conditional PUT that commits; returns the checkpoint id it replaced.
+    async fn put_manifest(&self, manifest: &ObjPath, bytes: &[u8]) -> Result<Option<String>> {
+        let shown = self.url.as_path();
+        for _ in 0..COMMIT_ATTEMPTS {
+            let (mode, old_id) = if self.overwrite {
+                match self.store.get_opts(manifest, GetOptions::default()).await {
+                    Ok(got) => {
+                        let version = UpdateVersion {
+                            e_tag: got.meta.e_tag.clone(),
+                            version: got.meta.version.clone(),
+                        };
+                        let old = got.bytes().await.ok();
+                        let old_id = old
+                            .and_then(|b| manifest::decode(shown, &b).ok())
+                            .map(|m| m.checkpoint_id);
+                        (PutMode::Update(version), old_id)
+                    }
+                    Err(object_store::Error::NotFound { .. }) => (PutMode::Create, None),
+                    Err(e) => return Err(store_error("read", shown, e)),
+                }
+            } else {
+                (PutMode::Create, None)
+            };
+            let opts = PutOptions {
+                mode,
+                ..Default::default()
+            };
+            match self
+                .store
+                .put_opts(manifest, PutPayload::from(bytes.to_vec()), opts)
+                .await
+            {
+                Ok(_) => return Ok(old_id),
+                // Another save committed first: a fresh save loses; an overwrite
+                // replaces what is there now (the later commit wins).
+                Err(e) if is_conflict(&e) && self.overwrite => continue,
+                Err(e) if is_conflict(&e) => {
+                    return Err(Error::AlreadyExists {
+                        path: shown.to_path_buf(),
+                        hint: " (another save created it first)",
+                    })
+                }
+                Err(e) => return Err(store_error("commit", shown, e)),
+            }
+        }
+        Err(Error::io(
+            "commit",
+            shown,
+            std::io::Error::other(format!(
+                "manifest replaced by other saves {COMMIT_ATTEMPTS} times in a row"
+            )),
+        ))
+    }
+}
+
+impl Drop for ObjectSink {
+    /// An uncommitted save removes the files it uploaded (best effort: `cleanup`
+    /// removes what a killed process leaves).
+    fn drop(&mut self) {
+        if !self.committed {
+            if let Ok(rt) = runtime() {
+                let _ = rt.block_on(delete_prefix(&self.store, &self.data));
+            }
+        }
+    }
+}
