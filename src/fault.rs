@@ -15,6 +15,7 @@ pub const POINTS: &[&str] = &[
     "staged",
     "file",
     "data",
+    "part",
     "data_written",
     "files_synced",
     "manifest_written",

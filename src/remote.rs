@@ -21,6 +21,7 @@ use crate::reader::{index_tensors, parse_hex, TensorInfo};
 use crate::storage::object::{
     block_on, connect, data_prefix, manifest_path, store_error, ObjectUrl,
 };
+use crate::storage::object_parts::MARKER_DIR;
 use crate::storage::StorageOptions;
 
 /// First bytes fetched of each tensor file: most headers fit, so open costs one
@@ -475,7 +476,7 @@ impl RemoteCheckpoint {
         Ok(objects
             .iter()
             .map(|m| m.location.as_ref()[prefix_len..].to_owned())
-            .filter(|name| !listed.contains(name.as_str()))
+            .filter(|name| !listed.contains(name.as_str()) && !name.starts_with(MARKER_DIR))
             .collect())
     }
 

@@ -90,7 +90,7 @@ def test_readers_see_whole_old_or_whole_new(s3url: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "point", ["staged", "data#3", "file", "data_written", "files_synced", "manifest_written"]
+    "point", ["staged", "data#3", "part#2", "file", "data_written", "files_synced", "manifest_written"]
 )
 @pytest.mark.parametrize("overwrite", [False, True])
 def test_sigkill_during_upload(
@@ -121,14 +121,18 @@ def test_sigkill_during_upload(
         with pytest.raises(CheckpointNotFoundError):
             ckptio.open(url)
     time.sleep(1)  # a request the killed process had fully sent may still land
-    ckptio.cleanup(s3url, older_than=0)
     bucket, _, key = url.removeprefix("s3://").partition("/")
-    ids = set()
     client = s3server.client()
+    if point.startswith("part"):  # killed inside a multipart upload: it is still open
+        assert client.list_multipart_uploads(Bucket=bucket, Prefix=key + "/").get("Uploads")
+    ckptio.cleanup(s3url, older_than=0)
+    ids = set()
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key + "/"):
         ids |= {o["Key"].split("/")[3] for o in page.get("Contents", []) if "/ckptio-data/" in o["Key"]}
     expected = {ckptio.open(url).checkpoint_id} if committed or overwrite else set()
     assert ids == expected  # cleanup left only the committed checkpoint's data
+    uploads = client.list_multipart_uploads(Bucket=bucket, Prefix=key + "/").get("Uploads", [])
+    assert uploads == []  # and aborted the multipart uploads the killed save left open
 
 
 def test_server_dies_mid_save(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

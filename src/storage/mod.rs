@@ -13,6 +13,7 @@ pub mod local;
 pub mod object;
 pub mod object_cleanup;
 pub mod object_client;
+pub mod object_parts;
 
 use std::path::{Path, PathBuf};
 

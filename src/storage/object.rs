@@ -19,10 +19,10 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use futures::stream::{self, StreamExt, TryStreamExt};
+use object_store::aws::AmazonS3;
 use object_store::path::Path as ObjPath;
 use object_store::{
-    GetOptions, ObjectStore, ObjectStoreExt, PutMode, PutMultipartOptions, PutOptions, PutPayload,
-    UpdateVersion, WriteMultipart,
+    GetOptions, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion,
 };
 
 use super::object_client::is_conflict;
@@ -30,6 +30,7 @@ pub(crate) use super::object_client::{
     block_on, connect, data_prefix, delete_prefix, manifest_path, runtime, store_error,
 };
 pub use super::object_client::{ObjectUrl, DATA_DIR};
+use super::object_parts::PartUploader;
 use super::{Producer, Sink};
 use crate::checksum::Hasher;
 use crate::error::{Error, Result};
@@ -45,7 +46,7 @@ const COMMIT_ATTEMPTS: usize = 16;
 
 /// A save in progress to an object store: its files go under a data prefix of its own.
 pub(crate) struct ObjectSink {
-    store: Arc<dyn ObjectStore>,
+    store: Arc<AmazonS3>,
     url: ObjectUrl,
     key: ObjPath,
     data: ObjPath,
@@ -139,35 +140,40 @@ impl ObjectSink {
                 .map_err(|e| store_error("upload", &shown, e))?;
             return Ok(hashes);
         }
-        let upload = self
-            .store
-            .put_multipart_opts(&object, PutMultipartOptions::default())
-            .await
-            .map_err(|e| store_error("start upload", &shown, e))?;
-        let mut writer = WriteMultipart::new_with_chunk_size(upload, opts.part_size);
-        writer.write(&file.layout.header);
-        let mut failed = None;
-        'feed: for &ti in &order {
+        let mut parts = PartUploader::start(
+            &self.store,
+            object,
+            &self.data,
+            &file.name,
+            opts.part_size,
+            opts.parts_in_flight,
+        )
+        .await
+        .map_err(|e| store_error("start upload", &shown, e))?;
+        let mut fed = parts.write(&file.layout.header).await;
+        for &ti in &order {
+            if fed.is_err() {
+                break;
+            }
             let mut hasher = Hasher::new();
             for chunk in file.sources[ti].data.chunks(FEED) {
                 hasher.update(chunk);
-                if let Err(e) = writer.wait_for_capacity(opts.parts_in_flight).await {
-                    failed = Some(e);
-                    break 'feed;
+                fed = parts.write(chunk).await;
+                if fed.is_err() {
+                    break;
                 }
-                writer.write(chunk);
             }
             hashes[ti] = hasher.finish();
             fault::point("data");
         }
-        let result = match failed {
-            Some(e) => {
-                let _ = writer.abort().await;
+        match fed {
+            Ok(()) => parts.finish().await,
+            Err(e) => {
+                parts.abort().await;
                 Err(e)
             }
-            None => writer.finish().await.map(drop),
-        };
-        result.map_err(|e| store_error("upload", &shown, e))?;
+        }
+        .map_err(|e| store_error("upload", &shown, e))?;
         Ok(hashes)
     }
 }
@@ -236,30 +242,29 @@ impl Sink for ObjectSink {
             .map_err(|e| store_error("upload", &shown, e))?;
             return Ok(());
         }
-        let upload = rt
-            .block_on(
-                self.store
-                    .put_multipart_opts(&object, PutMultipartOptions::default()),
-            )
+        let start = PartUploader::start(
+            &self.store,
+            object,
+            &self.data,
+            name,
+            opts.part_size,
+            opts.parts_in_flight,
+        );
+        let mut parts = rt
+            .block_on(start)
             .map_err(|e| store_error("start upload", &shown, e))?;
-        let mut writer = WriteMultipart::new_with_chunk_size(upload, opts.part_size);
-        // Called outside any async context (the producer may block on reads of its own).
+        // The producer may block on reads of its own, so each piece is handed over in a
+        // `block_on` of its own; the part uploads run as tasks meanwhile.
         let fed = produce(&mut |bytes: &[u8]| {
-            for chunk in bytes.chunks(FEED) {
-                rt.block_on(writer.wait_for_capacity(opts.parts_in_flight))
-                    .map_err(|e| store_error("upload", &shown, e))?;
-                let _in_runtime = rt.enter(); // `write` starts part uploads as tasks
-                writer.write(chunk);
-            }
-            Ok(())
+            rt.block_on(parts.write(bytes))
+                .map_err(|e| store_error("upload", &shown, e))
         });
         match fed {
             Ok(()) => rt
-                .block_on(writer.finish())
-                .map(drop)
+                .block_on(parts.finish())
                 .map_err(|e| store_error("upload", &shown, e)),
             Err(e) => {
-                let _ = rt.block_on(writer.abort());
+                rt.block_on(parts.abort());
                 Err(e)
             }
         }
@@ -277,7 +282,7 @@ impl Sink for ObjectSink {
         // still loading it sees its objects vanish and starts over (never a mix).
         if let Some(old_id) = replaced.filter(|id| *id != self.checkpoint_id) {
             let prefix = data_prefix(&self.key, &old_id);
-            if let Err(e) = block_on(delete_prefix(&self.store, &prefix))? {
+            if let Err(e) = block_on(delete_prefix(self.store.as_ref(), &prefix))? {
                 // The new checkpoint is committed; `cleanup` removes the rest later.
                 let _ = store_error("remove replaced data of", &shown, e);
             }
@@ -378,7 +383,7 @@ impl Drop for ObjectSink {
     fn drop(&mut self) {
         if !self.committed {
             if let Ok(rt) = runtime() {
-                let _ = rt.block_on(delete_prefix(&self.store, &self.data));
+                let _ = rt.block_on(delete_prefix(self.store.as_ref(), &self.data));
             }
         }
     }

@@ -5,7 +5,8 @@
 //! An object store has no locks to prove a save dead, so age stands in for it: a data
 //! prefix whose newest object is younger than `older_than` may belong to a save still
 //! uploading, and is left alone. A save in progress also checks, before it commits,
-//! that its files are all still there.
+//! that its files are all still there. The multipart uploads a dead save left open are
+//! aborted first (their ids are in the save's `.multipart/` markers).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -13,9 +14,15 @@ use std::time::Duration;
 
 use futures::TryStreamExt;
 use object_store::path::Path as ObjPath;
-use object_store::{ObjectMeta, ObjectStoreExt};
+use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
+
+use std::sync::Arc;
+
+use object_store::aws::AmazonS3;
+use object_store::multipart::MultipartStore;
 
 use super::object::{block_on, connect, delete_prefix, store_error, ObjectUrl, DATA_DIR};
+use super::object_parts::MARKER_DIR;
 use super::StorageOptions;
 use crate::cleanup::Cleanup;
 use crate::error::Result;
@@ -27,6 +34,30 @@ struct DataPrefix {
     id: String,
     /// Seconds since the epoch of its newest object.
     newest: i64,
+}
+
+/// Aborts the multipart uploads of a dead save whose data is under `data` (their ids
+/// are in its `.multipart/` markers); an upload already gone is no error.
+async fn abort_uploads(store: &Arc<AmazonS3>, data: &ObjPath) {
+    let markers = data.clone().join(MARKER_DIR);
+    let Ok(listed) = store
+        .list(Some(&markers))
+        .try_collect::<Vec<ObjectMeta>>()
+        .await
+    else {
+        return;
+    };
+    for marker in listed {
+        let Some(name) = marker.location.filename() else {
+            continue;
+        };
+        let Ok(got) = store.get(&marker.location).await else {
+            continue;
+        };
+        let Ok(id) = got.bytes().await else { continue };
+        let id = String::from_utf8_lossy(&id).into_owned();
+        let _ = store.abort_multipart(&data.clone().join(name), &id).await;
+    }
 }
 
 /// Removes orphaned data under `url` (a checkpoint, or a folder of them) older than
@@ -114,7 +145,9 @@ pub fn cleanup(url: &ObjectUrl, options: &StorageOptions, older_than: Duration) 
         let path = ObjPath::from_iter(p.checkpoint.split('/'))
             .join(DATA_DIR)
             .join(p.id.as_str());
-        block_on(delete_prefix(&store, &path))?.map_err(|e| store_error("remove", &shown(p), e))?;
+        block_on(abort_uploads(&store, &path))?;
+        block_on(delete_prefix(store.as_ref(), &path))?
+            .map_err(|e| store_error("remove", &shown(p), e))?;
         report.done.push(shown(p));
     }
     Ok(report)

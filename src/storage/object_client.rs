@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::stream::{StreamExt, TryStreamExt};
-use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey, Checksum};
+use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey, Checksum};
 use object_store::path::Path as ObjPath;
 use object_store::{ObjectStore, RetryConfig};
 use tokio::runtime::Runtime;
@@ -112,7 +112,7 @@ pub(crate) fn block_on<F: Future>(future: F) -> Result<F::Output> {
 }
 
 /// A client for `url`'s bucket: the `AWS_*` environment variables, then `options`.
-pub(crate) fn connect(url: &ObjectUrl, options: &StorageOptions) -> Result<Arc<dyn ObjectStore>> {
+pub(crate) fn connect(url: &ObjectUrl, options: &StorageOptions) -> Result<Arc<AmazonS3>> {
     let mut builder = AmazonS3Builder::from_env()
         .with_bucket_name(&url.bucket)
         .with_checksum_algorithm(Checksum::CRC64NVME);
@@ -178,7 +178,7 @@ pub(crate) fn is_conflict(e: &object_store::Error) -> bool {
 
 /// Removes every object under `prefix` (best effort for the caller to ignore or not).
 pub(crate) async fn delete_prefix(
-    store: &Arc<dyn ObjectStore>,
+    store: &dyn ObjectStore,
     prefix: &ObjPath,
 ) -> object_store::Result<()> {
     let listed = store.list(Some(prefix)).map_ok(|m| m.location).boxed();
