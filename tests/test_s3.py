@@ -316,3 +316,16 @@ def test_async_saves_to_s3(s3url: str) -> None:
     fut = ckptio.save_weights_for_sampler_async(f"{s3url}/a", w)
     with pytest.raises(CheckpointExistsError):
         fut.result()
+
+
+def test_local_only_operations_refuse_urls_clearly(s3url: str, tmp_path) -> None:
+    ckptio.save_weights_for_sampler(f"{s3url}/w", {"w": np.ones(2, np.float32)})
+    with pytest.raises(ValueError, match="local directory"):
+        ckptio.Run(f"{s3url}/run")
+    with pytest.raises(ValueError, match="local directory"):
+        ckptio.export(f"{s3url}/w", f"{s3url}/hf")
+    with pytest.raises(ValueError, match="local paths"):
+        ckptio.import_checkpoint(f"{s3url}/w", tmp_path / "x")
+    out = ckptio.export(f"{s3url}/w", tmp_path / "hf", config={"model_type": "x"})  # from S3: fine
+    assert ckptio.verify(out) == []
+    assert not any(p.name.startswith("s3:") for p in tmp_path.iterdir())

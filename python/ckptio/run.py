@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 
 from . import _retention as rules
 from . import _run_store as store
-from ._location import Location
+from ._location import Location, is_url
 from ._plan import PathLike, SavePlan, save_options
 from .api import CleanupResult
 from .async_save import _submit
@@ -174,6 +174,11 @@ class Run:
         ttl: Ttl = None,
         clock: Callable[[], datetime] | None = None,
     ) -> None:
+        if is_url(root):
+            raise ValueError(
+                f"{root}: a Run lives in a local directory for now; save single checkpoints to "
+                "s3:// URLs, or copy a run's checkpoints there with ckptio.copy"
+            )
         self.root = Path(root)
         self.keep_last = rules.check_keep(keep_last, "keep_last")
         self.keep_every = rules.check_keep(keep_every, "keep_every")

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from .._location import is_url
 from .._plan import SavePlan, save_options
 from .._tensors import storage_key
 from ..checkpoint import Checkpoint
@@ -67,6 +68,8 @@ def export(
     if to not in ("hf", "peft"):
         raise ValueError(f"to must be 'hf' or 'peft', got {to!r}")
     st_dtype = parse_dtype(dtype)
+    if is_url(dst):
+        raise ValueError(f"{dst}: export writes a local directory (ckptio.copy can then upload it)")
     check_target(Path(dst), overwrite)
     ckpt = Checkpoint(src, allow_foreign=True)
     weights = ckpt.weights()  # numpy or torch, as saved

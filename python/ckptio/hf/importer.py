@@ -8,6 +8,7 @@ import secrets
 from pathlib import Path
 from typing import Any
 
+from .._location import is_url
 from .._plan import SavePlan, save_options
 from . import archive
 from ._common import Caster, PathLike, check_target, parse_dtype
@@ -60,6 +61,10 @@ def import_checkpoint(
     """
     if kind not in ("sampler", "state"):
         raise ValueError(f"kind must be 'sampler' or 'state', got {kind!r}")
+    if is_url(src) or is_url(dst):
+        raise ValueError(
+            "import reads and writes local paths (ckptio.copy moves checkpoints to and from s3://)"
+        )
     src, dst = Path(src), Path(dst)
     st_dtype = parse_dtype(dtype)
     check_target(dst, overwrite)
