@@ -25,7 +25,14 @@ fn to_py(py: Python<'_>, e: Error) -> PyErr {
     let fallback = message.clone();
     let built = match e {
         Error::Io { source, path, .. } => class(py, "StorageError").and_then(|cls| {
-            let errno = source.raw_os_error().unwrap_or(0);
+            // An object store's refusal has no OS errno: take the closest one.
+            let errno = source.raw_os_error().unwrap_or(match source.kind() {
+                std::io::ErrorKind::PermissionDenied => libc::EACCES,
+                std::io::ErrorKind::NotFound => libc::ENOENT,
+                std::io::ErrorKind::AlreadyExists => libc::EEXIST,
+                std::io::ErrorKind::TimedOut => libc::ETIMEDOUT,
+                _ => 0,
+            });
             cls.call1((errno, message, path_object(py, path)?))
         }),
         Error::NotFound { .. } => {
