@@ -10,5 +10,8 @@ features="python,pyo3/extension-module"
 if [ "${1:-}" = "--features" ]; then features="$features,$2"; fi
 CARGO_PROFILE_RELEASE_LTO=thin CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 \
     cargo build --release --lib --features "$features" --message-format=short
-cp target/release/libckptio.so python/ckptio/_core.abi3.so
+# Copy, then rename: overwriting the file in place would corrupt the mapping of any
+# process that has the old build loaded (it segfaults).
+cp target/release/libckptio.so python/ckptio/.core.abi3.so.new
+mv -f python/ckptio/.core.abi3.so.new python/ckptio/_core.abi3.so
 echo "built python/ckptio/_core.abi3.so ($features)"

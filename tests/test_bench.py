@@ -13,21 +13,28 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from ckptio.cli import main
 
+if TYPE_CHECKING:
+    from _s3server import SeaweedS3
+
 pytest.importorskip("ckptio.bench.cli")
 HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
 
 
-def _bench(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def _bench(
+    *args: str, timeout: float = 120, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "ckptio.cli", "bench", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
+        env=env,
     )
 
 
@@ -217,9 +224,124 @@ def test_argparse_error_from_the_command_line() -> None:
     assert "unknown workload 'nope'" in proc.stderr and "Traceback" not in proc.stderr
 
 
+# -- S3: against the session's SeaweedFS (--storage) and a server of its own (--s3) ------
+S3_LIBRARIES = ("ckptio", "boto3", "s3torchconnector", "raw multipart put/get")
+
+
+@pytest.fixture(scope="module")
+def s3_quick_run(
+    s3server: SeaweedS3, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[subprocess.CompletedProcess[str], Path, str]:
+    """One ``ckptio bench --storage s3://BUCKET/bench-smoke --quick`` against the session's
+    server (endpoint and keys in the AWS_* variables), with JSON and markdown."""
+    out = tmp_path_factory.mktemp("bench-s3-out")
+    (out / "work").mkdir()
+    url = f"s3://{s3server.bucket}/bench-smoke"
+    env = {k: v for k, v in os.environ.items() if k not in ("AWS_PROFILE", "AWS_SESSION_TOKEN")}
+    env.update(s3server.env())
+    args = ["--storage", url, "--quick", "--dir", str(out / "work"), "--no-progress"]
+    args += ["--json", str(out / "s3.json"), "--markdown", str(out / "s3.md")]
+    return _bench(*args, timeout=600, env=env), out, url
+
+
+def test_s3_quick_run_prints_every_row(
+    s3_quick_run: tuple[subprocess.CompletedProcess[str], Path, str],
+) -> None:
+    proc, _, url = s3_quick_run
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    text = proc.stdout
+    assert text.startswith("ckptio bench (S3)")
+    assert f"storage: {url}/ckptio-bench-" in text and "part size 8.00 MiB, 8 parts in flight" in text
+    for heading in ("llm: ", "lora: ", "targets (S3)", "notes:"):
+        assert heading in text
+    for operation in ("save", "load"):
+        assert f"\n{operation} " in text
+    for library in ("ckptio", "boto3", "raw multipart put/get"):
+        assert f" {library} " in text
+    assert " s3torchconnector " in text or "skipped s3torchconnector: " in text  # measured, or why not
+    for number in ("S1", "S2", "S3", "S4", "SM"):
+        assert f"\n{number} " in text
+
+
+def test_s3_quick_run_json_and_markdown(
+    s3_quick_run: tuple[subprocess.CompletedProcess[str], Path, str], s3server: SeaweedS3
+) -> None:
+    proc, out, url = s3_quick_run
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads((out / "s3.json").read_text())
+    assert data["suite"] == "s3" and data["config"]["runs"] == 1
+    assert data["settings"]["part_size"] == 8 << 20 and data["settings"]["parts_in_flight"] == 8
+    assert data["settings"]["storage"]["url"].startswith(f"{url}/ckptio-bench-")
+    assert data["settings"]["storage"]["endpoint"] == s3server.endpoint
+    assert [w["name"] for w in data["workloads"]] == ["llm", "lora"]
+    rows = {(r["workload"], r["library"], r["operation"]): r for r in data["rows"]}
+    measured = [lib for lib in S3_LIBRARIES if lib not in data["skipped"]]
+    assert {"ckptio", "boto3", "raw multipart put/get"} <= set(measured)
+    for workload in ("llm", "lora"):
+        for library in measured:
+            for op in ("save", "load"):
+                row = rows[(workload, library, op)]
+                assert row["seconds"] > 0 and row["gbps"] > 0 and isinstance(row["rss_peak"], int)
+                assert row["vs_ckptio"] is not None and row["vs_raw"] is not None
+    targets = {(t["number"], t["workload"]): t for t in data["targets"]}
+    assert {n for n, _ in targets} == {"S1", "S2", "S3", "S4", "SM"}
+    for workload in ("llm", "lora"):
+        assert targets[("SM", workload)]["met"] in (True, False)  # measured: ckptio saved
+        assert "bound 128 MiB" in targets[("SM", workload)]["measured"]
+    assert not data["failures"]
+    md = (out / "s3.md").read_text()
+    assert md.startswith("# ckptio bench results: S3-compatible storage")
+    assert "| operation | library | time | GB/s | vs ckptio | vs raw | peak RSS | notes |" in md
+    assert "## Targets (S3)" in md
+
+
+def test_s3_quick_run_removes_every_object_and_file(
+    s3_quick_run: tuple[subprocess.CompletedProcess[str], Path, str], s3server: SeaweedS3
+) -> None:
+    proc, out, url = s3_quick_run
+    assert proc.returncode == 0, proc.stderr
+    prefix = url.removeprefix(f"s3://{s3server.bucket}/") + "/"
+    listed = s3server.client().list_objects_v2(Bucket=s3server.bucket, Prefix=prefix)
+    assert listed.get("KeyCount", 0) == 0, [o["Key"] for o in listed.get("Contents", [])]
+    assert list((out / "work").iterdir()) == []
+
+
+def test_s3_flag_starts_and_removes_its_own_server(tmp_path: Path) -> None:
+    proc = _bench(
+        "--s3", "--quick", "--workload", "lora", "--dir", str(tmp_path), "--no-progress", timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "started by the bench" in proc.stdout and "SeaweedFS" in proc.stdout
+    assert "\nSM  lora " in proc.stdout
+    assert list(tmp_path.iterdir()) == []  # the server's data went with it
+
+
+def test_s3_bad_arguments(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert "is not an s3:// URL" in _error(capsys, "--storage", "http://bucket/x", "--dir", str(tmp_path))
+    assert "minimum of 5M" in _error(capsys, "--s3", "--part-size", "1M")
+    assert "S3 runs only" in _error(capsys, "--quick", "--parts-in-flight", "4", "--dir", str(tmp_path))
+    assert "not allowed with" in _error(capsys, "--s3", "--storage", "s3://b")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_s3_unreachable_storage(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ckptio.bench.s3server import free_ports
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_ports(1)[0]}")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
+    err = _error(capsys, "--storage", "s3://nobucket", "--quick", "--dir", str(tmp_path), "--no-progress")
+    assert "cannot write to s3://nobucket/ckptio-bench-" in err and "AWS_ENDPOINT_URL" in err
+    assert list(tmp_path.iterdir()) == []
+
+
 BENCH_MODULES = [
     "catalog", "cli", "library", "machine", "measure", "plot", "report", "runner",
-    "runners_ckptio", "runners_peers", "summary", "targets", "worker", "workloads",
+    "runners_ckptio", "runners_peers", "runners_s3", "s3cli", "s3report", "s3runner", "s3server",
+    "summary", "targets", "worker", "workloads",
 ]  # fmt: skip
 
 

@@ -1,5 +1,5 @@
 """``ckptio bench``: ckptio against safetensors, torch.save and numpy, with the physical
-limit, on this machine.
+limit, on this machine; with ``--s3``, against boto3 and s3torchconnector on S3 storage.
 
 Modules, by concern:
 
@@ -12,7 +12,12 @@ Modules, by concern:
 - ``summary``, ``targets``, ``report``, ``plot``, ``machine``: medians, ratios, the
   issue-5 targets, the table / JSON / markdown / chart.
 - ``cli``: the ``ckptio bench`` command.
+- S3 (``--s3`` / ``--storage s3://...``): ``runners_s3`` (ckptio, boto3,
+  s3torchconnector, the raw multipart put / ranged get), ``s3runner`` (the run under an
+  ``s3://`` prefix of its own), ``s3report`` (targets, table, markdown), ``s3cli``,
+  ``s3server`` (a SeaweedFS ``weed mini`` on loopback, also the tests' S3 server).
 
 Example:
-    ``ckptio bench --quick`` (a smoke run), ``ckptio bench --json out.json --plot out.png``
+    ``ckptio bench --quick`` (a smoke run), ``ckptio bench --json out.json --plot out.png``,
+    ``ckptio bench --s3`` (against a local SeaweedFS)
 """

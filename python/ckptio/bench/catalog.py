@@ -1,4 +1,5 @@
-"""Every benchmarked library, in table order, and the worker families hosting them."""
+"""Every benchmarked library, in table order, and the worker families hosting them: the
+local suite (files in a directory) and the S3 suite (``ckptio bench --s3``)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from .runners_peers import (
     TorchLoadMmap,
     TorchSave,
 )
+from .runners_s3 import S3_LIBRARIES
 
 #: Table order: ckptio first (the reference), the raw physical limit last.
 LIBRARIES: tuple[type[Library], ...] = (
@@ -27,9 +29,21 @@ LIBRARIES: tuple[type[Library], ...] = (
 BY_NAME: dict[str, type[Library]] = {lib.name: lib for lib in LIBRARIES}
 REFERENCE = Ckptio.name
 RAW = RawFile.name
+#: The suites a worker can host: the same name may mean a local and an S3 row.
+SUITES: dict[str, tuple[type[Library], ...]] = {"local": LIBRARIES, "s3": S3_LIBRARIES}
 
 
-def families() -> dict[str, list[str]]:
+def by_name(suite: str = "local") -> dict[str, type[Library]]:
+    """Name -> library class of one suite.
+
+    Example:
+        >>> by_name("s3")["ckptio"].family
+        's3-ckptio'
+    """
+    return {lib.name: lib for lib in SUITES[suite]}
+
+
+def families(libraries: tuple[type[Library], ...] = LIBRARIES) -> dict[str, list[str]]:
     """Worker family -> names of the libraries it hosts.
 
     Example:
@@ -37,7 +51,7 @@ def families() -> dict[str, list[str]]:
         ['torch.save/load', 'torch.load mmap']
     """
     out: dict[str, list[str]] = {}
-    for lib in LIBRARIES:
+    for lib in libraries:
         out.setdefault(lib.family, []).append(lib.name)
     return out
 

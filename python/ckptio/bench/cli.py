@@ -1,5 +1,6 @@
 """``ckptio bench``: argument checks, the run in a temporary directory that is removed
-whatever happens (Ctrl-C and SIGTERM included), the progress bar, and the outputs."""
+whatever happens (Ctrl-C and SIGTERM included), the progress bar, and the outputs.
+``--s3`` / ``--storage`` hand over to ``s3cli``."""
 
 from __future__ import annotations
 
@@ -55,6 +56,13 @@ def _argument_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
 
     convert.__name__ = parse.__name__
     return convert
+
+
+def _part_size(text: str) -> int:
+    value = parse_size(text)
+    if value < 5 << 20:
+        raise ValueError(f"part size {text!r} is below S3's minimum of 5M")
+    return value
 
 
 def _positive_int(text: str) -> int:
@@ -115,6 +123,37 @@ def add_parser(subparsers: Any, func: Callable[[argparse.Namespace], int]) -> ar
         "removed at the end; default: the system temp dir). Its filesystem is what is measured.",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the training state (default 0)")
+    s3 = p.add_argument_group(
+        "S3",
+        "compare ckptio with boto3, s3torchconnector (if installed) and a raw parallel multipart put / "
+        "ranged get on S3-compatible storage, instead of local files",
+    )
+    where = s3.add_mutually_exclusive_group()
+    where.add_argument(
+        "--s3",
+        action="store_true",
+        help="start a local SeaweedFS (pip install 'ckptio[bench]') on 127.0.0.1 for the run, its data "
+        "in --dir, and measure against it",
+    )
+    where.add_argument(
+        "--storage",
+        metavar="URL",
+        help="measure against an existing server: s3://bucket[/prefix] (a prefix of the run's own is "
+        "made below it and removed at the end); endpoint and keys from AWS_ENDPOINT_URL, AWS_REGION, "
+        "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ALLOW_HTTP=true",
+    )
+    s3.add_argument(
+        "--part-size",
+        type=_argument_type(_part_size),
+        default=None,
+        help="multipart part size of every S3 row (default 8M; at least 5M)",
+    )
+    s3.add_argument(
+        "--parts-in-flight",
+        type=_argument_type(_positive_int),
+        default=None,
+        help="parts (threads) in flight of every S3 row (default 8)",
+    )
     p.add_argument("--json", metavar="FILE", help="write every measurement, median and target as JSON")
     p.add_argument("--markdown", metavar="FILE", help="write the tables as markdown")
     p.add_argument(
@@ -227,11 +266,14 @@ def _terminate_as_interrupt() -> Iterator[None]:
 
 def _command_line(args: argparse.Namespace) -> str:
     parts = ["ckptio bench"]
+    if args.s3:
+        parts.append("--s3")
     if args.quick:
         parts.append("--quick")
-    for flag in ("workload", "size", "runs", "dir", "json", "markdown", "plot"):
+    flags = ("storage", "workload", "size", "runs", "part_size", "parts_in_flight", "dir", "json", "markdown")
+    for flag in (*flags, "plot"):
         if flag in args.explicit:
-            parts.append(f"--{flag} {args.explicit[flag]}")
+            parts.append(f"--{flag.replace('_', '-')} {args.explicit[flag]}")
     return " ".join(parts)
 
 
@@ -243,7 +285,7 @@ def run(args: argparse.Namespace) -> int:
         ``ckptio bench --quick --json bench.json``
     """
     from .machine import describe_machine
-    from .report import Report, format_markdown, format_terminal, to_json
+    from .report import Report, format_markdown, format_terminal
     from .runner import BenchConfig, Benchmark, estimate_disk_bytes, estimate_memory_bytes
 
     args.explicit = {
@@ -254,6 +296,9 @@ def run(args: argparse.Namespace) -> int:
         "json": args.json,
         "markdown": args.markdown,
         "plot": args.plot,
+        "storage": args.storage,
+        "part_size": args.part_size and _size_text(args.part_size),
+        "parts_in_flight": args.parts_in_flight,
     }
     args.explicit = {k: v for k, v in args.explicit.items() if v is not None}
     size = args.size or parse_size(QUICK_SIZE if args.quick else DEFAULT_SIZE)
@@ -267,13 +312,17 @@ def run(args: argparse.Namespace) -> int:
         from .plot import check_matplotlib
 
         check_matplotlib()
+    if args.s3 or args.storage:
+        from .s3cli import run_s3
+
+        return run_s3(args, size, runs, _command_line(args))
+    if args.part_size or args.parts_in_flight:
+        raise ValueError("--part-size and --parts-in-flight apply to S3 runs only (--s3 or --storage)")
     config = BenchConfig(workloads=args.workload, size=size, runs=runs, seed=args.seed)
     directory = args.dir or tempfile.gettempdir()
     check_directory(directory, estimate_disk_bytes(config))
     check_memory(estimate_memory_bytes(config))
-    for output in (args.json, args.markdown, args.plot):
-        if output and not Path(output).resolve().parent.is_dir():
-            raise ValueError(f"cannot write {output}: {Path(output).parent} is not a directory")
+    check_outputs(args)
 
     date = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")  # noqa: UP017 - readable
     machine = describe_machine(directory)
@@ -298,6 +347,33 @@ def run(args: argparse.Namespace) -> int:
 
     machine["load_average_after"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     report = Report.build(result, machine, date, _command_line(args))
+    write_outputs(args, report, format_terminal(report), format_markdown)
+    return 0
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """Raises ValueError when an output file (``--json``, ``--markdown``, ``--plot``)
+    could not be written, before the run starts.
+
+    Example:
+        >>> check_outputs(argparse.Namespace(json=None, markdown=None, plot=None))
+    """
+    for output in (args.json, args.markdown, args.plot):
+        if output and not Path(output).resolve().parent.is_dir():
+            raise ValueError(f"cannot write {output}: {Path(output).parent} is not a directory")
+
+
+def write_outputs(
+    args: argparse.Namespace, report: Any, terminal: str, to_markdown: Callable[[Any, str | None], str]
+) -> None:
+    """Writes ``--json``, ``--plot`` and ``--markdown`` (``to_markdown(report, plot_link)``)
+    and prints ``terminal``, then the files written.
+
+    Example:
+        ``write_outputs(args, report, format_terminal(report), format_markdown)``
+    """
+    from .report import to_json
+
     if args.json:
         Path(args.json).write_text(to_json(report))
     if args.plot:
@@ -307,12 +383,11 @@ def run(args: argparse.Namespace) -> int:
     if args.markdown:
         markdown_dir = Path(args.markdown).resolve().parent
         plot_link = os.path.relpath(Path(args.plot).resolve(), markdown_dir) if args.plot else None
-        Path(args.markdown).write_text(format_markdown(report, plot_link))
-    print(format_terminal(report))
+        Path(args.markdown).write_text(to_markdown(report, plot_link))
+    print(terminal)
     written = [f for f in (args.json, args.markdown, args.plot) if f]
     if written:
         print(f"wrote {', '.join(written)}")
-    return 0
 
 
 def _size_text(size: int) -> str:

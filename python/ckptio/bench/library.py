@@ -63,6 +63,10 @@ class Library:
         """The installed version, for the report."""
         return ""
 
+    def configure(self, settings: dict[str, Any]) -> None:
+        """Takes the run's settings (the S3 rows: part size, parts in flight) before
+        anything else; the local rows have none."""
+
     def prepare(self, state: TrainingState) -> None:
         """Keeps the state in the form the library saves (views, never copies)."""
         self.state = state

@@ -54,7 +54,7 @@ def resident_fraction(paths: Iterable[Path]) -> float:
             address = ctypes.addressof(ctypes.c_char.from_buffer(mm))
             if _libc.mincore(ctypes.c_void_p(address), ctypes.c_size_t(size), vec) != 0:
                 return float("nan")
-            resident += int(np.count_nonzero(np.frombuffer(vec, dtype=np.uint8) & 1))
+            resident += int(np.count_nonzero(np.ctypeslib.as_array(vec) & 1))
             total += pages
     return resident / total if total else 0.0
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from .catalog import LIBRARIES, RAW
+from .catalog import SUITES
 from .library import RATE_OPERATIONS
 from .machine import describe_line
 from .report import Report, human_bytes
@@ -44,21 +44,26 @@ def write_plot(report: Report, path: str | os.PathLike[str]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from .runners_s3 import S3_OPERATIONS
+
+    catalog = SUITES[report.suite]
+    operations = S3_OPERATIONS if report.suite == "s3" else RATE_OPERATIONS
+    raw = next(lib.name for lib in catalog if lib.is_raw)
     workloads = [w for w in report.result.config.workloads if any(r.workload == w for r in report.rows)]
-    libraries = [lib.name for lib in LIBRARIES if any(r.library == lib.name for r in report.rows)]
+    libraries = [lib.name for lib in catalog if any(r.library == lib.name for r in report.rows)]
     cmap = plt.get_cmap("tab10")
     color = {name: cmap(i % 10) for i, name in enumerate(libraries)}
     fig, axes = plt.subplots(len(workloads), 1, figsize=(12, 4.2 * len(workloads)), squeeze=False)
     for ax, workload in zip(axes[:, 0], workloads, strict=True):
         rows = {(r.library, r.operation): r for r in report.rows if r.workload == workload and r.gbps}
-        ops = [op for op in RATE_OPERATIONS if any(key[1] == op for key in rows)]
+        ops = [op for op in operations if any(key[1] == op for key in rows)]
         for j, op in enumerate(ops):
             present = [name for name in libraries if (name, op) in rows]
             width = 0.84 / len(present)
             for i, name in enumerate(present):
                 gbps = rows[(name, op)].gbps
                 x = j - 0.42 + width * (i + 0.5)
-                ax.bar(x, gbps, width * 0.92, color=color[name], hatch="//" if name == RAW else None)
+                ax.bar(x, gbps, width * 0.92, color=color[name], hatch="//" if name == raw else None)
                 ax.annotate(f"{gbps:.2g}", (x, gbps), ha="center", va="bottom", fontsize=6.5)
         ax.set_xticks(range(len(ops)))
         ax.set_xticklabels(ops)
@@ -69,13 +74,14 @@ def write_plot(report: Report, path: str | os.PathLike[str]) -> None:
         ax.set_axisbelow(True)
         ax.margins(y=0.12)
     handles = [
-        plt.Rectangle((0, 0), 1, 1, color=color[name], hatch="//" if name == RAW else None)
+        plt.Rectangle((0, 0), 1, 1, color=color[name], hatch="//" if name == raw else None)
         for name in libraries
     ]
     fig.legend(handles, libraries, loc="lower center", ncol=min(len(libraries), 5), fontsize="small")
     runs = report.result.config.runs
+    title = "ckptio bench --s3" if report.suite == "s3" else "ckptio bench"
     fig.suptitle(
-        f"ckptio bench, {report.date}: {describe_line(report.machine)}, "
+        f"{title}, {report.date}: {describe_line(report.machine)}, "
         f"median of {runs} run{'s' if runs != 1 else ''}",
         fontsize="medium",
     )

@@ -48,6 +48,10 @@ class Report:
     command: str
     rows: list[Row] = field(default_factory=list)
     targets: list[TargetCheck] = field(default_factory=list)
+    #: "local" (files in a directory) or "s3" (``ckptio bench --s3`` / ``--storage``)
+    suite: str = "local"
+    #: The S3 suite's part size, parts in flight and storage.
+    settings: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def build(cls, result: BenchResult, machine: dict[str, Any], date: str, command: str) -> Report:
@@ -219,7 +223,19 @@ def format_terminal(report: Report) -> str:
     Example:
         ``print(format_terminal(report))``
     """
-    lines = [*_header_lines(report), ""]
+    lines = [*_header_lines(report), "", *table_lines(report), *target_lines(report, "targets (issue 5)")]
+    lines += ["notes:", *(f"  {n}" for n in _notes(report))]
+    lines.append(f"finished in {report.result.seconds:.0f} s")
+    return "\n".join(lines)
+
+
+def table_lines(report: Report) -> list[str]:
+    """One aligned table per workload, each under its title and followed by a blank line.
+
+    Example:
+        ``print("\\n".join(table_lines(report)))``
+    """
+    lines = []
     for workload in report.result.config.workloads:
         rows = [r for r in report.rows if r.workload == workload]
         if not rows:
@@ -236,16 +252,21 @@ def format_terminal(report: Report) -> str:
             cells.append(c)
         lines += _aligned(cells)
         lines.append("")
-    if report.targets:
-        lines.append("targets (issue 5)")
-        cells = [["#", "workload", "target", "measured", "result"]]
-        for t in report.targets:
-            cells.append([t.number, t.workload, t.goal, t.measured, _verdict(t.met)])
-        lines += _aligned_plain(cells)
-        lines.append("")
-    lines += ["notes:", *(f"  {n}" for n in _notes(report))]
-    lines.append(f"finished in {report.result.seconds:.0f} s")
-    return "\n".join(lines)
+    return lines
+
+
+def target_lines(report: Report, title: str) -> list[str]:
+    """The targets as an aligned table under ``title`` (nothing when there are none).
+
+    Example:
+        ``print("\\n".join(target_lines(report, "targets (issue 5)")))``
+    """
+    if not report.targets:
+        return []
+    cells = [["#", "workload", "target", "measured", "result"]]
+    for t in report.targets:
+        cells.append([t.number, t.workload, t.goal, t.measured, _verdict(t.met)])
+    return [title, *_aligned_plain(cells), ""]
 
 
 def _aligned_plain(rows: list[list[str]]) -> list[str]:
@@ -283,23 +304,35 @@ def format_markdown(report: Report, plot_file: str | None = None) -> str:
     ]
     if plot_file:
         lines += [f"![GB/s per operation and library]({plot_file})", ""]
-    for workload in r.config.workloads:
+    lines += markdown_tables(report, "##", "Targets (issue 5)")
+    lines += ["## Notes", "", *(f"- {n}" for n in _notes(report)), ""]
+    lines += ["## Method", "", *_METHOD, ""]
+    return "\n".join(lines)
+
+
+def markdown_tables(report: Report, level: str, targets_title: str) -> list[str]:
+    """The workload tables and the target table in markdown, under ``level`` headings
+    (``"##"``, ``"###"``).
+
+    Example:
+        ``"\\n".join(markdown_tables(report, "###", "Targets"))``
+    """
+    lines = []
+    for workload in report.result.config.workloads:
         rows = [row for row in report.rows if row.workload == workload]
         if not rows:
             continue
-        lines += [f"## {_workload_title(report, workload)}", ""]
+        lines += [f"{level} {_workload_title(report, workload)}", ""]
         lines += _markdown_table(list(TABLE_COLUMNS), [table_cells(row) for row in rows])
         lines.append("")
     if report.targets:
-        lines += ["## Targets (issue 5)", ""]
+        lines += [f"{level} {targets_title}", ""]
         lines += _markdown_table(
             ["#", "workload", "target", "measured", "result"],
             [[t.number, t.workload, t.goal, t.measured, _verdict(t.met)] for t in report.targets],
         )
         lines.append("")
-    lines += ["## Notes", "", *(f"- {n}" for n in _notes(report)), ""]
-    lines += ["## Method", "", *_METHOD, ""]
-    return "\n".join(lines)
+    return lines
 
 
 def _markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -318,11 +351,13 @@ def to_json(report: Report) -> str:
     r = report.result
     data = {
         "format": "ckptio-bench/1",
+        "suite": report.suite,
         "date": report.date,
         "command": report.command,
         "machine": report.machine,
         "software": _software(report),
         "config": asdict(r.config),
+        "settings": report.settings,
         "seconds": r.seconds,
         "workloads": [asdict(w) for w in r.workloads],
         "rows": [asdict(row) for row in report.rows],

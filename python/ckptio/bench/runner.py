@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .catalog import BY_NAME, LIBRARIES, families, source_of
-from .library import OPERATIONS, SAVE, SAVES
+from .catalog import LIBRARIES, families
+from .library import OPERATIONS, SAVE, SAVES, Library
 from .worker import WorkerError, WorkerProcess
 from .workloads import workload_bytes
 
@@ -98,23 +98,36 @@ def _slug(name: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in name).strip("-")
 
 
-def pairs_of(libraries: list[str]) -> list[tuple[str, str]]:
-    """(operation, library) pairs one round runs, in order, for the given libraries.
+def pairs_of(
+    libraries: list[str],
+    catalog: tuple[type[Library], ...] = LIBRARIES,
+    operations: tuple[str, ...] = OPERATIONS,
+) -> list[tuple[str, str]]:
+    """(operation, library) pairs one round runs, in order, for the given libraries of
+    ``catalog``.
 
     Example:
         >>> pairs_of(["raw write/read"])[:2]
         [('save', 'raw write/read'), ('save durable', 'raw write/read')]
     """
-    by_name = {lib.name: lib for lib in LIBRARIES}
-    return [(op, name) for op in OPERATIONS for name in libraries if op in by_name[name].operations]
+    by_name = {lib.name: lib for lib in catalog}
+    return [(op, name) for op in operations for name in libraries if op in by_name[name].operations]
 
 
 class Benchmark:
-    """One run: owns its workers; call :meth:`run`, which always stops them.
+    """One run of the local suite (files in ``workdir``): owns its workers; call
+    :meth:`run`, which always stops them. Subclasses (the S3 suite) set the class
+    attributes and the places their saves go to.
 
     Example:
         ``Benchmark(BenchConfig(("llm",), 64 << 20, 1), Path(tmp)).run()``
     """
+
+    suite = "local"
+    libraries: tuple[type[Library], ...] = LIBRARIES
+    operations: tuple[str, ...] = OPERATIONS
+    #: Bytes/s below which an operation is taken as hung (with OPERATION_TIMEOUT).
+    slowest = SLOWEST_DEVICE
 
     def __init__(self, config: BenchConfig, workdir: Path, progress: Progress | None = None) -> None:
         self.config = config
@@ -122,18 +135,28 @@ class Benchmark:
         self.progress = progress or (lambda done, total, label: None)
         self.workers: dict[str, WorkerProcess] = {}
         self.result = BenchResult(config)
+        self.by_name = {lib.name: lib for lib in self.libraries}
+        #: Sent to every worker's libraries (``Library.configure``).
+        self.settings: dict[str, Any] = {}
+        #: Added to the workers' environment.
+        self.worker_env: dict[str, str] = {}
         self._failed: set[tuple[str, str]] = set()
         self._done = 0
         self._total = 0
         self._timeout = OPERATION_TIMEOUT
 
+    def source_of(self, name: str) -> str:
+        """The library whose saved checkpoint ``name`` loads."""
+        return self.by_name[name].reads_from or name
+
     # -- workers -------------------------------------------------------------------
     def _start_workers(self) -> None:
-        groups = families()
+        groups = families(self.libraries)
         for family in groups:
-            self.workers[family] = WorkerProcess(family, self.workdir / f"worker-{family}.log")
+            log = self.workdir / f"worker-{family}.log"
+            self.workers[family] = WorkerProcess(family, log, env=self.worker_env)
         for family, worker in self.workers.items():
-            worker.send("hello", names=groups[family])
+            worker.send("hello", names=groups[family], suite=self.suite, settings=self.settings)
         for family, worker in list(self.workers.items()):
             try:
                 reply = worker.receive(timeout=OPERATION_TIMEOUT)
@@ -152,7 +175,7 @@ class Benchmark:
                 del self.workers[family]
         self.result.active = [
             lib.name
-            for lib in LIBRARIES
+            for lib in self.libraries
             if lib.family in self.workers and lib.name not in self.result.skipped
         ]
 
@@ -179,11 +202,11 @@ class Benchmark:
             raise RuntimeError(f"workers built different {workload} states: {sorted(infos)}")
         nbytes, tensors = infos.pop() if infos else (0, 0)
         self.result.workloads.append(WorkloadInfo(workload, nbytes, tensors))
-        self._timeout = OPERATION_TIMEOUT + nbytes / SLOWEST_DEVICE
+        self._timeout = OPERATION_TIMEOUT + nbytes / self.slowest
         self._advance(f"{workload}: state built")
 
     def _family_failed(self, workload: str, family: str, error: str) -> None:
-        for lib in LIBRARIES:
+        for lib in self.libraries:
             if lib.family == family and lib.name in self.result.active:
                 for op in lib.operations:
                     self._failed.add((lib.name, op))
@@ -196,15 +219,13 @@ class Benchmark:
         self._done += 1
         self.progress(self._done, self._total, label)
 
-    def _request(self, workload: str, name: str, op: str, path: Path, keep: bool) -> dict[str, Any] | None:
-        lib = BY_NAME[name]
+    def _request(self, workload: str, name: str, op: str, path: str, keep: bool) -> dict[str, Any] | None:
+        lib = self.by_name[name]
         worker = self.workers.get(lib.family)
         if worker is None or (name, op) in self._failed:
             return None
         try:
-            return worker.request(
-                "run", timeout=self._timeout, library=name, op=op, path=str(path), keep=keep
-            )
+            return worker.request("run", timeout=self._timeout, library=name, op=op, path=path, keep=keep)
         except WorkerError as e:
             if worker.process.poll() is not None:
                 self._family_failed(workload, lib.family, str(e))
@@ -213,32 +234,53 @@ class Benchmark:
                 self.result.failures.append(f"{workload} / {name} / {op}: {e}")
             return None
 
-    def _save_sources(self, workload: str, sources_dir: Path) -> None:
+    # -- where checkpoints go (the S3 suite overrides these) ------------------------
+    def _source_place(self, workload: str, name: str) -> str:
+        """Where ``name``'s untimed first save goes (what its loads read)."""
+        return str(self.workdir / workload / "sources" / name)
+
+    def _round_place(self, workload: str, rnd: int, name: str) -> str:
+        """Where a timed save of round ``rnd`` goes (``name`` says which library and
+        operation; the worker removes it right after the save)."""
+        return str(self.workdir / workload / f"round-{rnd + 1}" / name)
+
+    def _begin_workload(self, workload: str) -> None:
+        (self.workdir / workload / "sources").mkdir(parents=True)
+
+    def _begin_round(self, workload: str, rnd: int) -> None:
+        (self.workdir / workload / f"round-{rnd + 1}").mkdir(parents=True)
+
+    def _end_round(self, workload: str, rnd: int) -> None:
+        shutil.rmtree(self.workdir / workload / f"round-{rnd + 1}")
+
+    def _end_workload(self, workload: str) -> None:
+        shutil.rmtree(self.workdir / workload)
+
+    # -- rounds --------------------------------------------------------------------
+    def _save_sources(self, workload: str) -> None:
         """Untimed: every saving library writes the checkpoint its loads will read (and
         warms up: first-call costs stay out of the figures)."""
         for name in self.result.active:
-            lib = BY_NAME[name]
+            lib = self.by_name[name]
             if SAVE not in lib.operations:
                 continue
             keep = lib.reads_from is None
-            path = sources_dir / _slug(name) if keep else sources_dir / (_slug(name) + "-warmup")
+            path = self._source_place(workload, _slug(name) if keep else _slug(name) + "-warmup")
             reply = self._request(workload, name, SAVE, path, keep)
             if reply is not None:
                 self.result.first_saves.append(_measurement(workload, name, SAVE, -1, reply))
             elif keep:
                 for reader in self.result.active:  # nothing to load: skip its readers
-                    for op in OPERATIONS:
-                        if op not in SAVES and source_of(reader) == name:
+                    for op in self.operations:
+                        if op not in SAVES and self.source_of(reader) == name:
                             self._failed.add((reader, op))
         self._advance(f"{workload}: checkpoints to load written")
 
-    def _run_pair(
-        self, workload: str, rnd: int, op: str, name: str, round_dir: Path, sources_dir: Path
-    ) -> None:
+    def _run_pair(self, workload: str, rnd: int, op: str, name: str) -> None:
         if op in SAVES:
-            path = round_dir / f"{_slug(name)}-{_slug(op)}"  # removed right after the save
+            path = self._round_place(workload, rnd, f"{_slug(name)}-{_slug(op)}")
         else:
-            path = sources_dir / _slug(source_of(name))
+            path = self._source_place(workload, _slug(self.source_of(name)))
         reply = self._request(workload, name, op, path, keep=False)
         if reply is not None:
             self.result.measurements.append(_measurement(workload, name, op, rnd, reply))
@@ -246,22 +288,20 @@ class Benchmark:
     def _run_workload(self, workload: str) -> None:
         self._failed = set()  # an operation failing on one workload may run on the next
         self._build(workload)
-        sources_dir = self.workdir / workload / "sources"
-        sources_dir.mkdir(parents=True)
-        self._save_sources(workload, sources_dir)
-        pairs = set(pairs_of(self.result.active))
+        self._begin_workload(workload)
+        self._save_sources(workload)
+        pairs = set(pairs_of(self.result.active, self.libraries, self.operations))
         for rnd in range(self.config.runs):
             order = self.result.active if rnd % 2 == 0 else self.result.active[::-1]
-            round_dir = self.workdir / workload / f"round-{rnd + 1}"
-            round_dir.mkdir(parents=True)
-            for op in OPERATIONS:
+            self._begin_round(workload, rnd)
+            for op in self.operations:
                 for name in order:
                     if (op, name) not in pairs:
                         continue
-                    self._run_pair(workload, rnd, op, name, round_dir, sources_dir)
+                    self._run_pair(workload, rnd, op, name)
                     self._advance(f"{workload} {rnd + 1}/{self.config.runs} {op}: {name}")
-            shutil.rmtree(round_dir)
-        shutil.rmtree(self.workdir / workload)
+            self._end_round(workload, rnd)
+        self._end_workload(workload)
 
     # -- the run -------------------------------------------------------------------
     def run(self) -> BenchResult:
@@ -269,7 +309,7 @@ class Benchmark:
         start = time.perf_counter()
         try:
             self._start_workers()
-            per_round = len(pairs_of(self.result.active))
+            per_round = len(pairs_of(self.result.active, self.libraries, self.operations))
             self._total = len(self.config.workloads) * (2 + self.config.runs * per_round)
             for workload in self.config.workloads:
                 self._run_workload(workload)

@@ -8,7 +8,7 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -39,7 +39,7 @@ class Ckptio(Library):
 
     name = "ckptio"
     family = "ckptio"
-    operations = (SAVE, SAVE_DURABLE, OPEN, LOAD_HOT, LOAD_COLD, VERIFY)
+    operations: ClassVar[tuple[str, ...]] = (SAVE, SAVE_DURABLE, OPEN, LOAD_HOT, LOAD_COLD, VERIFY)
     note = "loads are zero-copy views of the mapped files (the default)"
 
     def version(self) -> str:
@@ -187,7 +187,7 @@ class RawFile(Library):
         self.pieces: list[tuple[int, memoryview]] = []
         offset = 0
         for _, array in state.flat():
-            self.pieces.append((offset, memoryview(array.reshape(-1).view(np.uint8))))
+            self.pieces.append((offset, array.reshape(-1).view(np.uint8).data))
             offset += array.nbytes
         self.nbytes = offset
         self.buffer = np.ones(offset, dtype=np.uint8)  # faulted in now, not timed
@@ -209,7 +209,7 @@ class RawFile(Library):
         file = path / self.FILE
         size = file.stat().st_size
         data = self.buffer[:size]
-        view = memoryview(data)
+        view = data.data
         fd = os.open(file, os.O_RDONLY)
         try:
             ranges = split_ranges(size, _cores())

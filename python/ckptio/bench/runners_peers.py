@@ -44,6 +44,27 @@ def _torch_view(array: np.ndarray) -> Any:
     return torch.from_numpy(array)
 
 
+def torch_payload(state: TrainingState) -> dict[str, Any]:
+    """The nested ``{"model": ..., "optimizer": ..., "step": n}`` dict people pass to
+    ``torch.save``, of torch views of the state's arrays (no copies).
+
+    Example:
+        >>> from .workloads import build_state
+        >>> sorted(torch_payload(build_state("llm", 4 << 20)))
+        ['model', 'optimizer', 'step']
+    """
+    optimizer = dict(state.optimizer)
+    optimizer["state"] = {
+        name: {moment: _torch_view(a) for moment, a in moments.items()}
+        for name, moments in state.optimizer["state"].items()
+    }
+    return {
+        "model": {name: _torch_view(a) for name, a in state.weights.items()},
+        "optimizer": optimizer,
+        "step": state.step,
+    }
+
+
 class SafetensorsNumpy(Library):
     """``safetensors.numpy.save_file`` / ``load_file`` / ``safe_open``.
 
@@ -141,16 +162,7 @@ class TorchSave(Library):
         return module_version("torch")
 
     def prepare(self, state: TrainingState) -> None:
-        optimizer = dict(state.optimizer)
-        optimizer["state"] = {
-            name: {moment: _torch_view(a) for moment, a in moments.items()}
-            for name, moments in state.optimizer["state"].items()
-        }
-        self.payload = {
-            "model": {name: _torch_view(a) for name, a in state.weights.items()},
-            "optimizer": optimizer,
-            "step": state.step,
-        }
+        self.payload = torch_payload(state)
 
     def save(self, path: Path, durable: bool) -> dict[str, float]:
         import torch
@@ -215,7 +227,7 @@ class NumpySavez(Library):
     def save(self, path: Path, durable: bool) -> dict[str, float]:
         path.mkdir()
         with open(path / self.FILE, "wb") as f:
-            np.savez(f, **self.tensors)
+            np.savez(f, **self.tensors)  # type: ignore[arg-type]  # names are arrays, not allow_pickle
         return {}
 
     def open(self, path: Path) -> Any:

@@ -270,11 +270,17 @@ class SeaweedS3:
 
 
 def main() -> None:
-    """Starts a server, prints its ``export AWS_...`` lines, and runs until Ctrl-C.
+    """Starts a server, prints its ``export AWS_...`` lines, and runs until Ctrl-C or
+    SIGTERM, then stops it.
 
     Example:
         ``python -m ckptio.bench.s3server``
     """
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)  # stop the server on SIGTERM too
     server = SeaweedS3()
     print(f"ready in {server.startup_seconds:.2f} s; pid {server.proc and server.proc.pid}; dir {server.dir}")
     for key, value in server.env().items():

@@ -7,7 +7,7 @@ import statistics
 from dataclasses import dataclass
 
 from .catalog import LIBRARIES, RAW, REFERENCE
-from .library import OPERATIONS, RATE_OPERATIONS
+from .library import OPERATIONS, RATE_OPERATIONS, Library
 from .runner import BenchResult
 
 GB = 1e9
@@ -39,8 +39,16 @@ def _median_int(values: list[int]) -> int:
     return int(statistics.median(values))
 
 
-def summarize(result: BenchResult) -> list[Row]:
-    """One Row per measured (workload, library, operation), in table order.
+def summarize(
+    result: BenchResult,
+    libraries: tuple[type[Library], ...] = LIBRARIES,
+    operations: tuple[str, ...] = OPERATIONS,
+    rate_operations: tuple[str, ...] = RATE_OPERATIONS,
+    raw: str = RAW,
+) -> list[Row]:
+    """One Row per measured (workload, library, operation), in table order: the order
+    of ``operations``, then of ``libraries`` (the S3 suite passes its own); ``raw`` is
+    the limit row the ``vs raw`` ratios divide by.
 
     Example:
         >>> from .runner import BenchConfig, Measurement, WorkloadInfo
@@ -64,23 +72,23 @@ def summarize(result: BenchResult) -> list[Row]:
             operation=op,
             runs=len(ms),
             seconds=seconds,
-            gbps=nbytes[workload] / seconds / GB if op in RATE_OPERATIONS and seconds > 0 else None,
+            gbps=nbytes[workload] / seconds / GB if op in rate_operations and seconds > 0 else None,
             rss_peak=_median_int([m.rss_peak for m in ms]),
             rss_anon=_median_int([m.rss_anon for m in ms]),
             stall=statistics.median(stalls) if stalls else None,
         )
     for (workload, _library, op), row in rows.items():
         reference = rows.get((workload, REFERENCE, op))
-        raw = rows.get((workload, RAW, op))
+        limit = rows.get((workload, raw, op))
         if reference is not None and row.seconds > 0:
             row.vs_ckptio = reference.seconds / row.seconds
-        if raw is not None and row.seconds > 0:
-            row.vs_raw = raw.seconds / row.seconds
-    order = {lib.name: i for i, lib in enumerate(LIBRARIES)}
+        if limit is not None and row.seconds > 0:
+            row.vs_raw = limit.seconds / row.seconds
+    order = {lib.name: i for i, lib in enumerate(libraries)}
     workload_order = {w: i for i, w in enumerate(result.config.workloads)}
     return sorted(
         rows.values(),
-        key=lambda r: (workload_order.get(r.workload, 99), OPERATIONS.index(r.operation), order[r.library]),
+        key=lambda r: (workload_order.get(r.workload, 99), operations.index(r.operation), order[r.library]),
     )
 
 

@@ -87,14 +87,20 @@ def _measure(library: Library, op: str, path: Path, keep: bool) -> dict[str, Any
 class _Server:
     def __init__(self) -> None:
         self.libraries: dict[str, Library] = {}
+        self.settings: dict[str, Any] = {}
 
-    def hello(self, names: list[str]) -> dict[str, Any]:
-        from .catalog import BY_NAME
+    def hello(
+        self, names: list[str], suite: str = "local", settings: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        from .catalog import by_name
 
+        catalog = by_name(suite)
+        self.settings = settings or {}
         available: dict[str, str | None] = {}
         versions: dict[str, str] = {}
         for name in names:
-            library = BY_NAME[name]()
+            library = catalog[name]()
+            library.configure(self.settings)
             reason = library.unavailable()
             available[name] = reason
             if reason is None:
@@ -106,6 +112,7 @@ class _Server:
         gc.unfreeze()
         for library in self.libraries.values():
             library.__dict__.clear()  # drop the previous workload's state first
+            library.configure(self.settings)
         gc.collect()
         state = build_state(workload, size, seed)
         for library in self.libraries.values():
@@ -115,7 +122,12 @@ class _Server:
         return {"bytes": state.nbytes, "tensors": state.tensor_count}
 
     def run(self, library: str, op: str, path: str, keep: bool) -> dict[str, Any]:
-        return _measure(self.libraries[library], op, Path(path), keep)
+        from .runners_s3 import RemoteLibrary
+
+        lib = self.libraries[library]
+        if isinstance(lib, RemoteLibrary):
+            return lib.measure(op, path, keep)  # an s3:// URL, kept as text
+        return _measure(lib, op, Path(path), keep)
 
 
 def serve(requests: IO[str], replies: IO[str]) -> None:
@@ -154,7 +166,8 @@ def main() -> None:
 
 
 class WorkerProcess:
-    """The parent's handle on one worker subprocess.
+    """The parent's handle on one worker subprocess; ``env``: variables added to this
+    process's environment for it (e.g. the S3 endpoint and keys).
 
     Example:
         >>> w = WorkerProcess("numpy", log_path=os.devnull)
@@ -163,14 +176,16 @@ class WorkerProcess:
         >>> w.close()
     """
 
-    def __init__(self, family: str, log_path: str | os.PathLike[str]) -> None:
+    def __init__(
+        self, family: str, log_path: str | os.PathLike[str], env: dict[str, str] | None = None
+    ) -> None:
         self.family = family
         self.log_path = Path(log_path)
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in close()
         # The worker imports the same ckptio as this process, installed or not.
         package_parent = str(Path(__file__).resolve().parents[2])
         path = os.pathsep.join(p for p in (package_parent, os.environ.get("PYTHONPATH")) if p)
-        env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=path)
+        env = dict(os.environ, **(env or {}), PYTHONUNBUFFERED="1", PYTHONPATH=path)
         self.process = subprocess.Popen(
             [sys.executable, "-m", "ckptio.bench.worker"],
             stdin=subprocess.PIPE,
