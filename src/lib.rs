@@ -20,6 +20,7 @@ pub mod manifest;
 pub mod pool;
 pub mod reader;
 pub mod remote;
+mod remote_load;
 mod save_plan;
 pub mod storage;
 pub mod transfer;

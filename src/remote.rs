@@ -40,7 +40,7 @@ pub struct RemoteFile {
     pub name: String,
     /// The URL of the file, as errors name it.
     pub path: PathBuf,
-    object: ObjPath,
+    pub(crate) object: ObjPath,
 }
 
 /// An open checkpoint in an object store.
@@ -50,7 +50,7 @@ pub struct RemoteCheckpoint {
     pub files: Vec<RemoteFile>,
     /// In save order.
     pub tensors: Vec<TensorInfo>,
-    store: Arc<dyn ObjectStore>,
+    pub(crate) store: Arc<dyn ObjectStore>,
     data: ObjPath,
 }
 
@@ -62,7 +62,7 @@ fn not_found(url: &ObjectUrl) -> Error {
 }
 
 /// A data object gone after the open: the checkpoint was replaced or deleted since.
-fn vanished(url: &ObjectUrl) -> Error {
+pub(crate) fn vanished(url: &ObjectUrl) -> Error {
     Error::NotFound {
         what: "the checkpoint was replaced or deleted while it was read (open it again)",
         path: url.as_path().to_path_buf(),
@@ -257,14 +257,14 @@ async fn read_header(
 }
 
 /// A ranged GET of one tensor file.
-struct Fetch {
-    file: usize,
-    range: Range<u64>,
+pub(crate) struct Fetch {
+    pub(crate) file: usize,
+    pub(crate) range: Range<u64>,
 }
 
 /// Splits the wanted tensors (sorted by file, then offset) into ranged GETs: adjacent
 /// small tensors share one, large ones are cut into `RANGE_BYTES` pieces.
-fn plan_fetches(tensors: &[&TensorInfo]) -> Vec<Fetch> {
+pub(crate) fn plan_fetches(tensors: &[&TensorInfo]) -> Vec<Fetch> {
     let mut out: Vec<Fetch> = Vec::new();
     for t in tensors {
         let mut pos = t.begin;
@@ -372,59 +372,6 @@ impl RemoteCheckpoint {
                 .buffered(RANGES_IN_FLIGHT)
                 .try_collect(),
         )?
-    }
-
-    /// Reads tensors (by index into `tensors`) into caller buffers, checking each
-    /// tensor's checksum when `verify`.
-    pub fn read_tensors(&self, mut jobs: Vec<(usize, &mut [u8])>, verify: bool) -> Result<()> {
-        let mut slot: HashMap<usize, usize> = HashMap::with_capacity(jobs.len());
-        for (k, (i, dst)) in jobs.iter().enumerate() {
-            let t = self
-                .tensors
-                .get(*i)
-                .ok_or_else(|| Error::InvalidArgument(format!("tensor index {i} out of range")))?;
-            if t.end - t.begin != dst.len() as u64 {
-                return Err(Error::InvalidArgument(format!(
-                    "tensor {:?} has {} bytes, buffer has {}",
-                    t.name,
-                    t.end - t.begin,
-                    dst.len()
-                )));
-            }
-            if slot.insert(*i, k).is_some() {
-                return Err(Error::InvalidArgument(format!(
-                    "tensor {:?} asked for twice",
-                    t.name
-                )));
-            }
-        }
-        let wanted: Vec<usize> = jobs.iter().map(|(i, _)| *i).collect();
-        let mut hashers: HashMap<usize, Hasher> = HashMap::new();
-        self.stream_tensors(&wanted, &mut |i, offset, piece| {
-            let dst = &mut jobs[slot[&i]].1;
-            dst[offset as usize..offset as usize + piece.len()].copy_from_slice(piece);
-            if verify {
-                let t = &self.tensors[i];
-                let hasher = hashers.entry(i).or_default();
-                hasher.update(piece);
-                if offset + piece.len() as u64 == t.end - t.begin {
-                    self.check_hash(i, hasher.finish())?;
-                }
-            }
-            Ok(())
-        })
-    }
-
-    fn check_hash(&self, i: usize, got: u64) -> Result<()> {
-        let t = &self.tensors[i];
-        if got != t.xxh3 {
-            return Err(Error::corrupt(
-                &self.files[t.file].path,
-                Some(&t.name),
-                "data checksum mismatch",
-            ));
-        }
-        Ok(())
     }
 
     /// Checks every byte: tensors, headers (at open), side files; reports every bad
