@@ -113,7 +113,12 @@ impl ObjectSink {
 
     /// Uploads one tensor file, hashing each tensor as it is fed; returns the hashes in
     /// the order of the file's tensors.
-    async fn upload_file(&self, file: &PlannedFile<'_>, opts: &SaveOptions) -> Result<Vec<u64>> {
+    async fn upload_file(
+        &self,
+        file: &PlannedFile<'_>,
+        opts: &SaveOptions,
+        in_flight: usize,
+    ) -> Result<Vec<u64>> {
         let (object, shown) = self.object(&file.name);
         let mut order: Vec<usize> = (0..file.sources.len()).collect();
         order.sort_by_key(|&ti| file.layout.tensors[ti].begin);
@@ -146,7 +151,7 @@ impl ObjectSink {
             &self.data,
             &file.name,
             opts.part_size,
-            opts.parts_in_flight,
+            in_flight,
         )
         .await
         .map_err(|e| store_error("start upload", &shown, e))?;
@@ -184,27 +189,32 @@ impl Sink for ObjectSink {
         files: &[PlannedFile],
         opts: &SaveOptions,
     ) -> Result<Vec<Vec<u64>>> {
-        // Small files go several at a time; a large one keeps `parts_in_flight` parts
-        // going by itself. Either way at most that many part-sized buffers are live.
+        // Small files go several at a time; large ones two at a time (so one's round
+        // trips overlap the other's parts), sharing `parts_in_flight`. Either way at
+        // most `parts_in_flight` part buffers upload, plus one being filled per file.
         let (large, small): (Vec<usize>, Vec<usize>) =
             (0..files.len()).partition(|&i| files[i].layout.file_len > opts.part_size as u64);
+        let together = large.len().clamp(1, 2);
+        let each = (opts.parts_in_flight / together).max(1);
         let mut hashes: Vec<Vec<u64>> = vec![Vec::new(); files.len()];
         block_on(async {
-            let done: Vec<(usize, Vec<u64>)> =
-                stream::iter(small)
-                    .map(|i| async move {
-                        Ok::<_, Error>((i, self.upload_file(&files[i], opts).await?))
-                    })
-                    .buffer_unordered(opts.parts_in_flight)
-                    .try_collect()
-                    .await?;
-            for (i, h) in done {
+            let upload = |i: usize, in_flight: usize| async move {
+                let hashes = self.upload_file(&files[i], opts, in_flight).await?;
+                fault::point("file");
+                Ok::<_, Error>((i, hashes))
+            };
+            let small: Vec<(usize, Vec<u64>)> = stream::iter(small)
+                .map(|i| upload(i, 1))
+                .buffer_unordered(opts.parts_in_flight)
+                .try_collect()
+                .await?;
+            let large: Vec<(usize, Vec<u64>)> = stream::iter(large)
+                .map(|i| upload(i, each))
+                .buffer_unordered(together)
+                .try_collect()
+                .await?;
+            for (i, h) in small.into_iter().chain(large) {
                 hashes[i] = h;
-                fault::point("file");
-            }
-            for i in large {
-                hashes[i] = self.upload_file(&files[i], opts).await?;
-                fault::point("file");
             }
             Ok::<_, Error>(())
         })??;
