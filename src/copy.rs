@@ -11,7 +11,7 @@ use crate::checksum;
 use crate::error::{Error, Result};
 use crate::limits::MAX_OPEN_FILES;
 use crate::pool;
-use crate::reader::Checkpoint;
+use crate::reader::{Checkpoint, TensorInfo};
 
 /// Work unit: big enough to amortize scheduling, small enough to balance two cores.
 const CHUNK: usize = 4 << 20;
@@ -35,6 +35,25 @@ pub fn copy_all(jobs: Vec<(&[u8], &mut [u8])>, threads: usize) -> Result<()> {
     Ok(())
 }
 
+/// Checks read jobs `(tensor index, destination)`: every index in range, every
+/// destination exactly the tensor's size.
+pub(crate) fn check_jobs(tensors: &[TensorInfo], jobs: &[(usize, &mut [u8])]) -> Result<()> {
+    for (i, dst) in jobs {
+        let t = tensors
+            .get(*i)
+            .ok_or_else(|| Error::InvalidArgument(format!("tensor index {i} out of range")))?;
+        if t.end - t.begin != dst.len() as u64 {
+            return Err(Error::InvalidArgument(format!(
+                "tensor {:?} has {} bytes, buffer has {}",
+                t.name,
+                t.end - t.begin,
+                dst.len()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Reads tensors (by index into `ckpt.tensors`) into caller buffers, optionally
 /// checking each tensor's checksum. Positional reads of each file reopened by name
 /// (a file truncated meanwhile gives an error, where a mapping would fault), at most
@@ -49,20 +68,7 @@ pub fn read_tensors(
     if verify {
         ckpt.require_checksums()?;
     }
-    for (i, dst) in &jobs {
-        let t = ckpt
-            .tensors
-            .get(*i)
-            .ok_or_else(|| Error::InvalidArgument(format!("tensor index {i} out of range")))?;
-        if t.end - t.begin != dst.len() as u64 {
-            return Err(Error::InvalidArgument(format!(
-                "tensor {:?} has {} bytes, buffer has {}",
-                t.name,
-                t.end - t.begin,
-                dst.len()
-            )));
-        }
-    }
+    check_jobs(&ckpt.tensors, &jobs)?;
     jobs.sort_by_key(|(i, _)| ckpt.tensors[*i].file);
     let pool = pool::get(threads)?;
     while !jobs.is_empty() {

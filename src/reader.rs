@@ -245,6 +245,18 @@ pub(crate) fn read_manifest(dir_fd: &File, dir: &Path) -> Result<Manifest> {
     manifest::decode(&path, &bytes)
 }
 
+/// A file of the checkpoint must have the size the manifest gives it.
+pub(crate) fn check_size(path: &Path, len: u64, rec: &manifest::FileRecord) -> Result<()> {
+    if len != rec.size {
+        return Err(Error::corrupt(
+            path,
+            None,
+            format!("file is {len} bytes, the manifest says {}", rec.size),
+        ));
+    }
+    Ok(())
+}
+
 pub(crate) fn parse_hex(file: &Path, what: &str, s: &str) -> Result<u64> {
     if s.len() != 16 {
         return Err(Error::format(
@@ -265,14 +277,7 @@ fn map_tensor_file(
 ) -> Result<(MappedFile, format::ParsedHeader)> {
     let path = dir.join(&rec.name);
     let file = open_regular(dir_fd, dir, &rec.name)?;
-    let len = file.metadata().ctx("stat", &path)?.len();
-    if len != rec.size {
-        return Err(Error::corrupt(
-            &path,
-            None,
-            format!("file is {len} bytes, the manifest says {}", rec.size),
-        ));
-    }
+    check_size(&path, file.metadata().ctx("stat", &path)?.len(), rec)?;
     let stored = parse_hex(&path, "header", &rec.xxh3)?;
     map_safetensors(&rec.name, path, file, Some(stored))
 }

@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::format;
 use crate::limits::{MAX_MANIFEST_LEN, MAX_SIDE_FILE_LEN};
 use crate::manifest::{self, FileRole, Kind, Manifest, MANIFEST_NAME};
-use crate::reader::{index_tensors, parse_hex, TensorInfo};
+use crate::reader::{check_size, index_tensors, parse_hex, TensorInfo};
 use crate::storage::object::{
     block_on, connect, data_prefix, manifest_path, store_error, ObjectUrl,
 };
@@ -229,13 +229,7 @@ async fn read_header(
     let (mut head, size) = get_range(store, url, &file.object, &file.path, 0..first)
         .await
         .map_err(missing)?;
-    if size != rec.size {
-        return Err(Error::corrupt(
-            &file.path,
-            None,
-            format!("file is {size} bytes, the manifest says {}", rec.size),
-        ));
-    }
+    check_size(&file.path, size, rec)?;
     let hlen = format::header_len(&file.path, &head, size)?;
     if hlen > head.len() as u64 {
         let (rest, _) = get_range(
@@ -457,13 +451,7 @@ impl RemoteCheckpoint {
             Error::NotFound { .. } => Error::corrupt(&shown, None, "file missing"),
             e => e,
         })?;
-        if size != rec.size {
-            return Err(Error::corrupt(
-                &shown,
-                None,
-                format!("file is {size} bytes, the manifest says {}", rec.size),
-            ));
-        }
+        check_size(&shown, size, rec)?;
         let stored = parse_hex(&shown, "file", &rec.xxh3)?;
         if checksum::hash(&bytes) != stored {
             return Err(Error::corrupt(&shown, None, "file checksum mismatch"));

@@ -10,6 +10,7 @@ use object_store::{GetOptions, GetRange, ObjectStore};
 use rayon::prelude::*;
 
 use crate::checksum::Hasher;
+use crate::copy::check_jobs;
 use crate::error::{Error, Result};
 use crate::pool;
 use crate::reader::TensorInfo;
@@ -24,26 +25,14 @@ impl RemoteCheckpoint {
     /// Reads tensors (by index into `tensors`) into caller buffers, checking each
     /// tensor's checksum when `verify`.
     pub fn read_tensors(&self, mut jobs: Vec<(usize, &mut [u8])>, verify: bool) -> Result<()> {
+        check_jobs(&self.tensors, &jobs)?;
+        // Pieces are cut per tensor in file order: one tensor twice would overlap.
         let mut seen = HashSet::with_capacity(jobs.len());
-        for (i, dst) in &jobs {
-            let t = self
-                .tensors
-                .get(*i)
-                .ok_or_else(|| Error::InvalidArgument(format!("tensor index {i} out of range")))?;
-            if t.end - t.begin != dst.len() as u64 {
-                return Err(Error::InvalidArgument(format!(
-                    "tensor {:?} has {} bytes, buffer has {}",
-                    t.name,
-                    t.end - t.begin,
-                    dst.len()
-                )));
-            }
-            if !seen.insert(*i) {
-                return Err(Error::InvalidArgument(format!(
-                    "tensor {:?} asked for twice",
-                    t.name
-                )));
-            }
+        if let Some((i, _)) = jobs.iter().find(|(i, _)| !seen.insert(*i)) {
+            let name = &self.tensors[*i].name;
+            return Err(Error::InvalidArgument(format!(
+                "tensor {name:?} asked for twice"
+            )));
         }
         jobs.sort_by_key(|(i, _)| (self.tensors[*i].file, self.tensors[*i].begin));
         let infos: Vec<&TensorInfo> = jobs.iter().map(|(i, _)| &self.tensors[*i]).collect();
