@@ -172,7 +172,9 @@ def load_state(
     the manifest checksum, every header checksum and all structure, but not the data.
     ``copy=True`` reads the weights into fresh memory instead of mapping them (parallel
     reads, each tensor's checksum checked as it is read). Plain safetensors files open
-    as in ``open`` (no checksums: ``verify=True`` refuses them).
+    as in ``open`` (no checksums: ``verify=True`` refuses them). From an ``s3://`` URL
+    every load is such a copy, by parallel ranged GETs (docs/STORAGE.md);
+    ``storage_options`` overrides the ``AWS_*`` settings.
 
     Example:
         >>> import numpy as np, ckptio, tempfile, os
