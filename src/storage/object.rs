@@ -103,7 +103,9 @@ impl ObjectSink {
         })
     }
 
-    fn object(&self, name: &str) -> (ObjPath, PathBuf) {
+    /// Where file `name` goes (its object, and its URL for errors); recorded as
+    /// uploaded, so the commit can check that it is still there.
+    fn upload_target(&self, name: &str) -> (ObjPath, PathBuf) {
         self.written
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -119,7 +121,7 @@ impl ObjectSink {
         opts: &SaveOptions,
         in_flight: usize,
     ) -> Result<Vec<u64>> {
-        let (object, shown) = self.object(&file.name);
+        let (object, shown) = self.upload_target(&file.name);
         let mut order: Vec<usize> = (0..file.sources.len()).collect();
         order.sort_by_key(|&ti| file.layout.tensors[ti].begin);
         let mut hashes = vec![0u64; file.sources.len()];
@@ -223,7 +225,7 @@ impl Sink for ObjectSink {
     }
 
     fn write_small_file(&self, name: &str, bytes: &[u8], _durable: bool) -> Result<()> {
-        let (object, shown) = self.object(name);
+        let (object, shown) = self.upload_target(name);
         let payload = PutPayload::from(bytes.to_vec());
         block_on(self.store.put_opts(&object, payload, PutOptions::default()))?
             .map_err(|e| store_error("upload", &shown, e))?;
@@ -237,7 +239,7 @@ impl Sink for ObjectSink {
         opts: &SaveOptions,
         produce: &mut Producer<'_>,
     ) -> Result<()> {
-        let (object, shown) = self.object(name);
+        let (object, shown) = self.upload_target(name);
         let rt = runtime()?;
         if len <= opts.part_size as u64 {
             let mut buf = Vec::with_capacity(len as usize);
