@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
+
 from .workloads import TrainingState
 
 SAVE, SAVE_DURABLE, OPEN, LOAD_HOT, LOAD_COLD, VERIFY = (
@@ -86,6 +88,24 @@ class Library:
     def verify(self, path: Path) -> None:
         """Checks every byte; raises on corruption."""
         raise NotImplementedError
+
+
+def flat_pieces(state: TrainingState) -> tuple[list[tuple[int, memoryview]], int]:
+    """Every array of ``state`` as ``(offset, bytes)`` in one flat layout (the raw
+    rows' "same bytes, no format"), and the total size.
+
+    Example:
+        >>> from ckptio.bench.workloads import build_state
+        >>> pieces, total = flat_pieces(build_state("lora", 1 << 20))
+        >>> pieces[0][0], total == sum(len(p) for _, p in pieces)
+        (0, True)
+    """
+    pieces: list[tuple[int, memoryview]] = []
+    offset = 0
+    for _, array in state.flat():
+        pieces.append((offset, array.reshape(-1).view(np.uint8).data))
+        offset += array.nbytes
+    return pieces, offset
 
 
 def fsync_file(path: Path) -> None:

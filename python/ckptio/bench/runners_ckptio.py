@@ -22,6 +22,7 @@ from .library import (
     SAVE_DURABLE,
     VERIFY,
     Library,
+    flat_pieces,
     fsync_saved,
 )
 from .workloads import TrainingState
@@ -184,13 +185,8 @@ class RawFile(Library):
         return f"os.pwrite / os.preadv, {_cores()} threads"
 
     def prepare(self, state: TrainingState) -> None:
-        self.pieces: list[tuple[int, memoryview]] = []
-        offset = 0
-        for _, array in state.flat():
-            self.pieces.append((offset, array.reshape(-1).view(np.uint8).data))
-            offset += array.nbytes
-        self.nbytes = offset
-        self.buffer = np.ones(offset, dtype=np.uint8)  # faulted in now, not timed
+        self.pieces, self.nbytes = flat_pieces(state)
+        self.buffer = np.ones(self.nbytes, dtype=np.uint8)  # faulted in now, not timed
 
     def save(self, path: Path, durable: bool) -> dict[str, float]:
         path.mkdir()

@@ -21,7 +21,7 @@ from typing import IO, Any, ClassVar, cast
 
 import numpy as np
 
-from .library import SAVE, Library, module_version
+from .library import SAVE, Library, flat_pieces, module_version
 from .measure import memory_status, reset_peak_rss, settle_memory, touch
 from .runners_peers import torch_payload
 from .workloads import TrainingState
@@ -397,13 +397,8 @@ class S3Raw(RemoteLibrary):
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
         )
-        self.pieces: list[tuple[int, memoryview]] = []
-        offset = 0
-        for _, array in state.flat():
-            self.pieces.append((offset, array.reshape(-1).view(np.uint8).data))
-            offset += array.nbytes
-        self.nbytes = offset
-        self.buffer = np.ones(offset, dtype=np.uint8)  # faulted in now, not timed
+        self.pieces, self.nbytes = flat_pieces(state)
+        self.buffer = np.ones(self.nbytes, dtype=np.uint8)  # faulted in now, not timed
 
     def _gather(self, begin: int, end: int) -> bytes:
         """The bytes ``[begin, end)`` of the concatenated tensors, as one buffer."""
