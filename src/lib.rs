@@ -17,6 +17,7 @@ pub mod held_dir;
 pub mod lifecycle;
 pub mod limits;
 pub mod manifest;
+pub mod parts;
 pub mod pool;
 pub mod reader;
 pub mod remote;

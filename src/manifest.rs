@@ -26,6 +26,8 @@ pub enum Kind {
     Sampler,
     /// Weights and optimizer state (Tinker's `save_state`).
     State,
+    /// A `torch.distributed.checkpoint` save: every rank's shards (`dcp.rs`).
+    Dcp,
 }
 
 impl Kind {
@@ -33,6 +35,7 @@ impl Kind {
         match self {
             Kind::Sampler => "sampler",
             Kind::State => "state",
+            Kind::Dcp => "dcp",
         }
     }
 
@@ -40,6 +43,7 @@ impl Kind {
         match s {
             "sampler" => Some(Kind::Sampler),
             "state" => Some(Kind::State),
+            "dcp" => Some(Kind::Dcp),
             _ => None,
         }
     }

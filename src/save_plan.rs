@@ -193,10 +193,24 @@ pub(crate) fn plan<'a>(
     user: Box<RawValue>,
     opts: &SaveOptions,
 ) -> Result<Planned<'a>> {
+    let checkpoint_id = checksum::to_hex(commit::nonce());
+    plan_as(&checkpoint_id, kind, groups, side_files, user, opts)
+}
+
+/// [`plan`] for a save whose checkpoint id is already chosen (one part of a checkpoint
+/// that several processes write, `dcp.rs`).
+pub(crate) fn plan_as<'a>(
+    checkpoint_id: &str,
+    kind: Kind,
+    groups: &'a [GroupSource<'a>],
+    side_files: &[SideFile],
+    user: Box<RawValue>,
+    opts: &SaveOptions,
+) -> Result<Planned<'a>> {
     validate(groups)?;
     validate_side_files(side_files)?;
     check_user(&user)?;
-    let mut planned = lay_out(kind, groups, side_files, user, opts)?;
+    let mut planned = lay_out(checkpoint_id, kind, groups, side_files, user, opts)?;
     let encoded = manifest::encode(&planned.manifest);
     check_manifest(&encoded)?;
     planned.manifest_len = encoded.len();
@@ -214,14 +228,14 @@ pub(crate) fn plan<'a>(
 }
 
 fn lay_out<'a>(
+    checkpoint_id: &str,
     kind: Kind,
     groups: &'a [GroupSource<'a>],
     side_files: &[SideFile],
     user: Box<RawValue>,
     opts: &SaveOptions,
 ) -> Result<Planned<'a>> {
-    let checkpoint_id = checksum::to_hex(commit::nonce());
-    let files = plan_files(groups, opts, &checkpoint_id)?;
+    let files = plan_files(groups, opts, checkpoint_id)?;
     let indexes: Vec<(String, Vec<u8>)> = groups
         .iter()
         .filter_map(|g| shard_index(g.name, &files))
@@ -281,7 +295,7 @@ fn lay_out<'a>(
         format: manifest::FORMAT_NAME.into(),
         format_version: manifest::FORMAT_VERSION,
         kind,
-        checkpoint_id,
+        checkpoint_id: checkpoint_id.to_owned(),
         checksum: checksum::ALGORITHM.into(),
         files: file_records,
         tensors,
@@ -298,7 +312,7 @@ fn lay_out<'a>(
 
 /// The reader's limits on the user section, with errors that name the top-level key
 /// (`metadata`, `optimizer`, ...) at fault. Checked before anything else is planned.
-fn check_user(user: &RawValue) -> Result<()> {
+pub(crate) fn check_user(user: &RawValue) -> Result<()> {
     let text = user.get();
     if !text.trim_start().starts_with('{') {
         return Err(Error::InvalidArgument(
@@ -339,7 +353,7 @@ fn check_user(user: &RawValue) -> Result<()> {
 
 /// Runs the reader's checks on the planned manifest's bytes (its length is final: the
 /// placeholder checksums have the width of real ones).
-fn check_manifest(bytes: &[u8]) -> Result<()> {
+pub(crate) fn check_manifest(bytes: &[u8]) -> Result<()> {
     if bytes.len() as u64 > MAX_MANIFEST_LEN {
         return Err(Error::InvalidArgument(format!(
             "{MANIFEST_NAME} would be {} bytes, over the limit of {MAX_MANIFEST_LEN} (too many \

@@ -28,6 +28,10 @@ MODULES = [
     "ckptio.run",
     "ckptio._retention",
     "ckptio.cli_run",
+    "ckptio._dcp_index",
+    "ckptio.torch.dcp",
+    "ckptio.torch._dcp_metadata",
+    "ckptio.torch._dcp_staging",
 ]
 
 

@@ -9,6 +9,7 @@ from typing_extensions import Buffer
 __all__ = [
     "CHECKSUM_ALGORITHM",
     "FORMAT_VERSION",
+    "Assembly",
     "Checkpoint",
     "MappedFile",
     "SaveOptions",
@@ -23,6 +24,7 @@ __all__ = [
     "save",
     "update_user_section",
     "verify_with_progress",
+    "write_part",
 ]
 
 class _TorchTensor(Protocol):
@@ -82,6 +84,33 @@ def save(
     """Writes a checkpoint atomically at a path or an ``s3://`` URL; releases the GIL
     while writing. ``side_files`` are (plain name, bytes) pairs saved whole,
     checksummed."""
+
+@final
+class Assembly:
+    """A checkpoint being written in parts by several processes (the storage layer of
+    ``torch.distributed.checkpoint``): a staging directory beside ``target``, locked by
+    this process. Dropped or aborted before ``commit``, it is removed with every part."""
+
+    def __new__(cls, target: str | PathLike[str], *, overwrite: bool = False) -> Assembly: ...
+    @property
+    def dir(self) -> str:
+        """The staging directory the parts are written into."""
+    @property
+    def checkpoint_id(self) -> str:
+        """The new checkpoint's id, stamped in every part's headers."""
+    @property
+    def open(self) -> bool:
+        """True until ``commit`` or ``abort``."""
+    def commit(self, parts: Sequence[str], user_json: str, *, durable: bool = True) -> None:
+        """Writes one manifest (kind ``dcp``) over ``parts`` (``write_part``'s records),
+        checks the result as a reader would, and moves it into place atomically."""
+    def abort(self) -> None:
+        """Removes the staging directory and every part in it."""
+
+def write_part(dir: str | PathLike[str], checkpoint_id: str, group: _Group, options: SaveOptions) -> str:
+    """Writes one part (``GROUP.safetensors``, hashed and written from the caller's
+    memory) into a staged ``dir``; returns its record (JSON) for ``Assembly.commit``.
+    Releases the GIL while writing."""
 
 def open(
     location: str | PathLike[str], storage_options: Sequence[tuple[str, str]] | None = None

@@ -13,6 +13,8 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from . import _core
+from ._dcp_index import DcpIndex, GlobalTensor, Shard
+from ._dcp_index import parse as parse_dcp
 from ._dtypes import ITEMSIZE, st_to_numpy, st_to_torch
 from ._gc import gc_paused
 from ._location import Location, as_location, storage_items
@@ -103,7 +105,12 @@ class Checkpoint(Mapping[str, Any]):
                     raise FormatError(f"{self.path}: two groups of weights in the manifest", file=self.path)
                 info = TensorInfo(name, group, dtype, shape, end - begin, names[fi])
                 self._infos[(group, name)] = (info, fi, begin, end, index)
-        self._aliases, self._weight_names = self._read_aliases()
+        self._dcp: DcpIndex | None = None
+        if self._core.kind == "dcp":  # torch.distributed.checkpoint: global tensors from shards
+            self._dcp = parse_dcp(self._user, {k: v[0] for k, v in self._infos.items()}, self.path)
+            self._aliases, self._weight_names = {}, list(self._dcp.tensors)
+        else:
+            self._aliases, self._weight_names = self._read_aliases()
         self._bytes: dict[int, np.ndarray] = {}
 
     def _weights_group(self) -> str:
@@ -132,7 +139,8 @@ class Checkpoint(Mapping[str, Any]):
     # -- description -------------------------------------------------------------
     @property
     def kind(self) -> str:
-        """``"sampler"`` (weights only) or ``"state"`` (weights + optimizer state)."""
+        """``"sampler"`` (weights only), ``"state"`` (weights + optimizer state) or
+        ``"dcp"`` (a ``torch.distributed.checkpoint`` save: global tensors in shards)."""
         return str(self._core.kind)
 
     @property
@@ -219,13 +227,39 @@ class Checkpoint(Mapping[str, Any]):
 
     @property
     def names(self) -> list[str]:
-        """Weight names, in the order they were saved."""
+        """Weight names, in the order they were saved (for a DCP checkpoint: the
+        global tensors' names)."""
         return list(self._weight_names)
 
     @property
     def tensors(self) -> list[TensorInfo]:
         """Every stored tensor (weights, then optimizer), in save order."""
         return [entry[0] for entry in self._infos.values()]
+
+    def shards(self, name: str) -> list[Shard]:
+        """The stored chunks of a global tensor of a DCP checkpoint: offsets and sizes
+        in the tensor, and the file holding each.
+
+        Example:
+            >>> import tempfile, os, torch, torch.distributed.checkpoint as dcp, ckptio.torch.dcp
+            >>> path = os.path.join(tempfile.mkdtemp(), "ck")
+            >>> writer = ckptio.torch.dcp.Writer(path)
+            >>> _ = dcp.save({"w": torch.ones(2, 3)}, storage_writer=writer, no_dist=True)
+            >>> [(s.offsets, s.sizes, s.file) for s in ckptio.open(path).shards("w")]
+            [((0, 0), (2, 3), 'rank_00000.safetensors')]
+        """
+        return list(self._dcp_tensor(name).shards)
+
+    def _dcp_index(self) -> DcpIndex:
+        if self._dcp is None:
+            raise CheckpointKindError(f"{self.path} is a {self.kind!r} checkpoint, not a DCP one")
+        return self._dcp
+
+    def _dcp_tensor(self, name: str) -> GlobalTensor:
+        try:
+            return self._dcp_index().tensors[name]
+        except KeyError:
+            raise KeyError(f"no tensor {name!r} in {self.path}") from None
 
     def info(self, name: str, group: str = WEIGHTS) -> TensorInfo:
         """dtype, shape, nbytes and file of one tensor (a tied weight reports the
@@ -236,6 +270,10 @@ class Checkpoint(Mapping[str, Any]):
             >>> info.dtype, info.shape, info.nbytes, info.file
             ('F64', (2,), 16, 'optimizer.safetensors')
         """
+        if self._dcp is not None and group == WEIGHTS:  # a global tensor: its first shard's file
+            t = self._dcp_tensor(name)
+            nbytes = int(np.prod(t.shape)) * ITEMSIZE[t.dtype]
+            return TensorInfo(name, WEIGHTS, t.dtype, t.shape, nbytes, t.shards[0].file if t.shards else "")
         if group == WEIGHTS and name in self._aliases:
             return self.info(self._aliases[name])._replace(name=name)
         try:
@@ -260,6 +298,11 @@ class Checkpoint(Mapping[str, Any]):
             >>> _example().tensor("w")
             array([1., 1., 1.], dtype=float32)
         """
+        if self._dcp is not None and group == WEIGHTS:
+            from .torch._dcp_read import assemble  # DCP checkpoints come from torch
+
+            t = assemble(self, name, device)
+            return t.numpy() if framework == "numpy" else t
         if group == WEIGHTS:
             name = self._aliases.get(name, name)
         try:
@@ -288,6 +331,8 @@ class Checkpoint(Mapping[str, Any]):
         return len(self._weight_names)
 
     def __contains__(self, name: object) -> bool:
+        if self._dcp is not None:
+            return name in self._dcp.tensors
         return (WEIGHTS, name) in self._infos or name in self._aliases
 
     def weights(
@@ -303,6 +348,8 @@ class Checkpoint(Mapping[str, Any]):
             >>> _example().weights(copy=True)
             {'w': array([1., 1., 1.], dtype=float32)}
         """
+        if self._dcp is not None:
+            return {n: self.tensor(n, framework=framework, device=device) for n in self._weight_names}
         stored = [n for n in self._weight_names if n not in self._aliases]
         framework = framework or self.framework
         copy = copy or not self._core.mapped
@@ -350,6 +397,11 @@ class Checkpoint(Mapping[str, Any]):
             >>> _example().optimizer_state()
             {'m': array([0., 0.]), 'step': 7}
         """
+        if self.kind == "dcp":
+            raise CheckpointKindError(
+                f"{self.path} is a DCP checkpoint: load its optimizer state with dcp.load(..., "
+                "storage_reader=ckptio.torch.dcp.Reader(path)), or read tensors with .tensor(name)"
+            )
         if self.kind != "state":
             raise CheckpointKindError(
                 f"{self.path} is a {self.kind!r} checkpoint (weights only); it has no optimizer state. "

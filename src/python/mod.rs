@@ -6,6 +6,7 @@ mod checkpoint;
 mod errors;
 mod foreign;
 mod lifecycle;
+mod parts;
 
 use std::path::PathBuf;
 
@@ -35,6 +36,27 @@ struct OwnedGroup {
     name: String,
     tensors: Vec<HeldTensor>,
     header_metadata: Vec<(String, String)>,
+}
+
+impl OwnedGroup {
+    /// The group as the core takes it, borrowing the held sources.
+    fn source(&self) -> writer::GroupSource<'_> {
+        writer::GroupSource {
+            name: &self.name,
+            tensors: self
+                .tensors
+                .iter()
+                .map(|t| writer::TensorSource {
+                    name: &t.name,
+                    dtype: t.dtype,
+                    shape: &t.shape,
+                    // SAFETY: the sources are held as long as `self` lives.
+                    data: unsafe { borrowed::slice(t.data.span) },
+                })
+                .collect(),
+            header_metadata: self.header_metadata.clone(),
+        }
+    }
 }
 
 /// The tensor name as errors show it.
@@ -194,24 +216,7 @@ fn save(
         .collect();
     let opts = options.inner.clone();
     py.detach(|| {
-        let groups: Vec<writer::GroupSource> = owned
-            .iter()
-            .map(|g| writer::GroupSource {
-                name: &g.name,
-                tensors: g
-                    .tensors
-                    .iter()
-                    .map(|t| writer::TensorSource {
-                        name: &t.name,
-                        dtype: t.dtype,
-                        shape: &t.shape,
-                        // SAFETY: the source is held until this call returns.
-                        data: unsafe { borrowed::slice(t.data.span) },
-                    })
-                    .collect(),
-                header_metadata: g.header_metadata.clone(),
-            })
-            .collect();
+        let groups: Vec<writer::GroupSource> = owned.iter().map(OwnedGroup::source).collect();
         let side_files: Vec<writer::SideFile> = side_files
             .iter()
             .map(|(name, data)| writer::SideFile { name, data })
@@ -352,6 +357,7 @@ fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(copy, m)?)?;
     foreign::register(m)?;
     lifecycle::register(m)?;
+    parts::register(m)?;
     m.add_class::<PyCheckpoint>()?;
     m.add_class::<PyMappedFile>()?;
     m.add_class::<PySaveOptions>()?;

@@ -216,11 +216,24 @@ fn reserve(file: &File, path: &Path, len: u64) -> Result<()> {
     }
 }
 
+/// Where tensor files are created: a save's own staging directory, or one that another
+/// process staged and this one writes a part of (`dcp.rs`).
+pub(crate) trait CreateFile: Sync {
+    /// Creates the new file `name` (never replacing one); returns it and its path.
+    fn create_file(&self, name: &str) -> Result<(File, PathBuf)>;
+}
+
+impl CreateFile for Staging {
+    fn create_file(&self, name: &str) -> Result<(File, PathBuf)> {
+        Staging::create_file(self, name)
+    }
+}
+
 /// Creates the files of one window, reserves their blocks and writes their headers.
-fn create_files(staging: &Staging, files: &[PlannedFile]) -> Result<Vec<(File, PathBuf)>> {
+fn create_files(dir: &dyn CreateFile, files: &[PlannedFile]) -> Result<Vec<(File, PathBuf)>> {
     let mut handles = Vec::with_capacity(files.len());
     for f in files {
-        let (file, path) = staging.create_file(&f.name)?;
+        let (file, path) = dir.create_file(&f.name)?;
         reserve(&file, &path, f.layout.file_len)?;
         file.write_all_at(&f.layout.header, 0).ctx("write", &path)?;
         handles.push((file, path));
@@ -233,7 +246,11 @@ fn create_files(staging: &Staging, files: &[PlannedFile]) -> Result<Vec<(File, P
 /// the file's tensors. Files are written [`MAX_OPEN_FILES`] at a time (created, filled
 /// in parallel, fsynced, closed), so a save of thousands of shards stays within the
 /// process's descriptor limit.
-fn write_files(staging: &Staging, files: &[PlannedFile], durable: bool) -> Result<Vec<Vec<u64>>> {
+pub(crate) fn write_files(
+    dir: &dyn CreateFile,
+    files: &[PlannedFile],
+    durable: bool,
+) -> Result<Vec<Vec<u64>>> {
     let mut hashes: Vec<Vec<u64>> = files.iter().map(|f| vec![0; f.sources.len()]).collect();
     let windows: Vec<(usize, &[PlannedFile])> = if files.is_empty() {
         vec![(0, files)]
@@ -246,7 +263,7 @@ fn write_files(staging: &Staging, files: &[PlannedFile], durable: bool) -> Resul
     };
     let last = windows.len() - 1;
     for (w, &(first, window)) in windows.iter().enumerate() {
-        let handles = create_files(staging, window)?;
+        let handles = create_files(dir, window)?;
         let done: Vec<Vec<((usize, usize), u64)>> = plan_jobs(window)
             .par_iter()
             .map(|job| {
@@ -288,7 +305,12 @@ fn write_files(staging: &Staging, files: &[PlannedFile], durable: bool) -> Resul
 }
 
 /// Writes a small file in one go (manifest, shard index).
-fn write_small_file(staging: &Staging, name: &str, bytes: &[u8], durable: bool) -> Result<()> {
+pub(crate) fn write_small_file(
+    staging: &Staging,
+    name: &str,
+    bytes: &[u8],
+    durable: bool,
+) -> Result<()> {
     let (file, path) = staging.create_file(name)?;
     file.write_all_at(bytes, 0).ctx("write", &path)?;
     if durable {

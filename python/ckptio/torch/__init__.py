@@ -67,13 +67,13 @@ except ImportError as e:  # pragma: no cover - exercised by a subprocess test
         "ckptio.torch needs PyTorch: pip install 'ckptio[torch]' (ckptio itself works without it)"
     ) from e
 
-from . import api
-from ._tensors import is_array, storage_key
-from .async_save import SaveFuture
-from .async_save import save_state_async as save_state_async_core
-from .checkpoint import Checkpoint
-from .errors import CheckpointKindError, CheckpointNotFoundError, CkptioError, FormatError
-from .run import RUN_DEFAULT, CheckpointRecord, Run, Ttl
+from .. import api
+from .._tensors import is_array, storage_key
+from ..async_save import SaveFuture
+from ..async_save import save_state_async as save_state_async_core
+from ..checkpoint import Checkpoint
+from ..errors import CheckpointKindError, CheckpointNotFoundError, CkptioError, FormatError
+from ..run import RUN_DEFAULT, CheckpointRecord, Run, Ttl
 
 __all__ = [
     "LoadedState",
