@@ -102,7 +102,7 @@ def test_readme_section_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
 
     peft = pytest.importorskip("peft")
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    section = readme[readme.index("## Hugging Face and PEFT") : readme.index("## What you get")]
+    section = readme[readme.index("## Hugging Face and PEFT") : readme.index("## Distributed checkpoints")]
     (code,) = re.findall(r"```python\n(.*?)```", section, flags=re.S)
     monkeypatch.chdir(tmp_path)
     (tmp_path / "ckpts").mkdir()

@@ -42,6 +42,8 @@ def _inspect(args: argparse.Namespace) -> int:
     else:
         path = as_location(args.path)
     ckpt = Checkpoint(path, allow_foreign=True)
+    if ckpt.kind == "dcp":
+        return _inspect_dcp(ckpt, args.all)
     infos = ckpt.tensors
     total = sum(t.nbytes for t in infos)
     print(f"checkpoint  {ckpt.path}")
@@ -58,6 +60,33 @@ def _inspect(args: argparse.Namespace) -> int:
         print(f"{t.group:<10} {t.name:<{name_w}} {t.dtype:<8} {shape:<20} {human_bytes(t.nbytes):>10}")
     if len(rows) < len(infos):
         print(f"... {len(infos) - len(rows)} more (--all lists them)")
+    return 0
+
+
+def _inspect_dcp(ckpt: Checkpoint, show_all: bool) -> int:
+    """A DCP checkpoint: its global tensors and, with ``--all``, every shard."""
+    index = ckpt._dcp_index()
+    infos = [ckpt.info(n) for n in ckpt.names]
+    print(f"checkpoint  {ckpt.path}")
+    print("kind        dcp (torch.distributed.checkpoint)")
+    print(
+        f"tensors     {len(infos)} ({human_bytes(sum(t.nbytes for t in infos))}) in {', '.join(ckpt.files)}"
+    )
+    print(f"values      {len(index.objects)} (non-tensor: {', '.join(list(index.objects)[:8])}"
+          f"{' ...' if len(index.objects) > 8 else ''})")  # fmt: skip
+    rows = infos if show_all or len(infos) <= 40 else infos[:40]
+    name_w = max([len("name"), *(len(t.name) for t in rows)])
+    print()
+    print(f"{'name':<{name_w}} {'dtype':<8} {'shape':<20} {'size':>10} {'shards':>6}")
+    for t in rows:
+        shards = ckpt.shards(t.name)
+        shape = "x".join(map(str, t.shape)) or "scalar"
+        print(f"{t.name:<{name_w}} {t.dtype:<8} {shape:<20} {human_bytes(t.nbytes):>10} {len(shards):>6}")
+        for s in shards if show_all else ():
+            where = ",".join(f"{o}:{o + n}" for o, n in zip(s.offsets, s.sizes, strict=True)) or "scalar"
+            print(f"{'':<{name_w}}   [{where}] in {s.file}")
+    if len(rows) < len(infos):
+        print(f"... {len(infos) - len(rows)} more (--all lists them and their shards)")
     return 0
 
 
