@@ -10,6 +10,10 @@
 //! and commit it with the protocol of a single save (`commit.rs`): until then the name
 //! shows the old checkpoint or nothing, and a dead coordinator leaves a staging
 //! directory that `cleanup` removes.
+//!
+//! On an object store the parts are uploaded under the checkpoint id's data prefix
+//! (`storage/object.rs`); the coordinator checks that the prefix holds exactly the
+//! parts' files at their sizes, then commits with the conditional manifest PUT.
 
 use std::collections::HashSet;
 use std::fs::{self, File};
@@ -28,6 +32,8 @@ use crate::pool;
 use crate::reader;
 use crate::save_plan::{self, Planned};
 use crate::storage::local::{self, CreateFile};
+use crate::storage::object::ObjectSink;
+use crate::storage::{Location, Sink};
 use crate::writer::{GroupSource, SaveOptions};
 
 /// What one process wrote: its tensor files and tensors, checksums filled in, as they
@@ -76,11 +82,12 @@ fn check_checkpoint_id(id: &str) -> Result<()> {
     )))
 }
 
-/// Writes one part of checkpoint `checkpoint_id` into `dir`, the directory its
-/// coordinator staged: the group's tensors go to `GROUP.safetensors`, hashed as they
-/// are written straight from the caller's memory and fsynced when `opts.durable`.
+/// Writes one part of checkpoint `checkpoint_id` into `place`, what its coordinator
+/// staged ([`Assembly::place`]: a staging directory, or the checkpoint's `s3://` URL):
+/// the group's tensors go to `GROUP.safetensors`, hashed as they are written straight
+/// from the caller's memory (and fsynced when `opts.durable`).
 pub fn write_part(
-    dir: &Path,
+    place: &Path,
     checkpoint_id: &str,
     group: &GroupSource,
     opts: &SaveOptions,
@@ -104,13 +111,17 @@ pub fn write_part(
         empty,
         &one_file,
     )?;
-    let held = HeldDir::open(dir).ctx("open staging directory", dir)?;
-    let part_dir = PartDir {
-        held,
-        dir: dir.to_path_buf(),
+    let hashes = match Location::from_path(place.to_path_buf())? {
+        Location::Local(dir) => {
+            let held = HeldDir::open(&dir).ctx("open staging directory", &dir)?;
+            let part_dir = PartDir { held, dir };
+            pool::get(opts.threads)?
+                .install(|| local::write_files(&part_dir, &files, opts.durable))?
+        }
+        Location::Object(url) => {
+            ObjectSink::stage_part(&url, checkpoint_id, opts)?.write_tensor_files(&files, opts)?
+        }
     };
-    let hashes =
-        pool::get(opts.threads)?.install(|| local::write_files(&part_dir, &files, opts.durable))?;
     let mut tensors = manifest.tensors;
     for (rec, &(fi, ti)) in tensors.iter_mut().zip(&locations) {
         rec.xxh3 = checksum::to_hex(hashes[fi][ti]);
@@ -121,27 +132,48 @@ pub fn write_part(
     })
 }
 
-/// A checkpoint being assembled from parts: its staging directory, locked by this
-/// process. Dropped uncommitted, the directory and every part in it are removed.
-#[derive(Debug)]
+/// Where the parts of an assembly go.
+enum Staged {
+    /// A staging directory beside the target, locked by this process.
+    Local(Staging),
+    /// The checkpoint id's data prefix on an object store.
+    Object(ObjectSink),
+}
+
+/// A checkpoint being assembled from parts. Dropped uncommitted, its staging directory
+/// (or data prefix) and every part in it are removed.
 pub struct Assembly {
-    staging: Staging,
+    staged: Staged,
+    place: std::path::PathBuf,
     checkpoint_id: String,
 }
 
 impl Assembly {
-    /// Checks the target as a single save does (`overwrite`) and stages a directory
-    /// beside it for the parts.
-    pub fn stage(target: &Path, overwrite: bool) -> Result<Assembly> {
+    /// Checks the target as a single save does (`opts.overwrite`) and stages a place
+    /// for the parts: a directory beside a local target, a data prefix on a store.
+    pub fn stage(location: &Location, opts: &SaveOptions) -> Result<Assembly> {
+        let checkpoint_id = checksum::to_hex(commit::nonce());
+        let (staged, place) = match location {
+            Location::Local(target) => {
+                let staging = commit::stage(target, opts.overwrite)?;
+                let dir = staging.dir.clone();
+                (Staged::Local(staging), dir)
+            }
+            Location::Object(url) => (
+                Staged::Object(ObjectSink::stage(url, &checkpoint_id, opts)?),
+                url.as_path().to_path_buf(),
+            ),
+        };
         Ok(Assembly {
-            staging: commit::stage(target, overwrite)?,
-            checkpoint_id: checksum::to_hex(commit::nonce()),
+            staged,
+            place,
+            checkpoint_id,
         })
     }
 
-    /// Where the parts are written.
-    pub fn dir(&self) -> &Path {
-        &self.staging.dir
+    /// Where the parts are written: the staging directory, or the checkpoint's URL.
+    pub fn place(&self) -> &Path {
+        &self.place
     }
 
     /// The new checkpoint's id, which every part stamps in its headers.
@@ -180,14 +212,27 @@ impl Assembly {
         };
         let bytes = manifest::encode(&manifest);
         save_plan::check_manifest(&bytes)?;
-        check_only_listed(self.dir(), &manifest.files)?;
-        check_stamped(self.dir(), &manifest.files, &self.checkpoint_id)?;
-        local::write_small_file(&self.staging, MANIFEST_NAME, &bytes, durable)?;
-        // The reader's checks (every listed file present with its size, headers matching
-        // their checksums and the tensor records): what it would refuse is never
-        // committed.
-        drop(reader::open(self.dir())?);
-        self.staging.commit(durable)
+        match self.staged {
+            Staged::Local(staging) => {
+                check_only_listed(&staging.dir, &manifest.files)?;
+                check_stamped(&staging.dir, &manifest.files, &self.checkpoint_id)?;
+                local::write_small_file(&staging, MANIFEST_NAME, &bytes, durable)?;
+                // The reader's checks (every listed file present with its size, headers
+                // matching their checksums and the tensor records): what it would
+                // refuse is never committed.
+                drop(reader::open(&staging.dir)?);
+                staging.commit(durable)
+            }
+            Staged::Object(sink) => {
+                let files: Vec<(String, u64)> = manifest
+                    .files
+                    .iter()
+                    .map(|f| (f.name.clone(), f.size))
+                    .collect();
+                sink.check_parts(&files)?;
+                Box::new(sink).commit(&bytes, durable)
+            }
+        }
     }
 }
 
@@ -250,6 +295,14 @@ mod tests {
         RawValue::from_string(json.to_owned()).unwrap()
     }
 
+    fn stage_at(target: &Path) -> Assembly {
+        Assembly::stage(
+            &Location::Local(target.to_path_buf()),
+            &SaveOptions::default(),
+        )
+        .unwrap()
+    }
+
     fn part(asm: &Assembly, group: &str, data: &[u8]) -> Part {
         let shape = [data.len() as u64];
         let group = GroupSource {
@@ -263,7 +316,7 @@ mod tests {
             header_metadata: vec![],
         };
         write_part(
-            asm.dir(),
+            asm.place(),
             asm.checkpoint_id(),
             &group,
             &SaveOptions::default(),
@@ -275,7 +328,7 @@ mod tests {
     fn parts_commit_as_one_checkpoint() {
         let tmp = tempfile::tempdir().unwrap();
         let target = tmp.path().join("ckpt");
-        let asm = Assembly::stage(&target, false).unwrap();
+        let asm = stage_at(&target);
         let parts = [
             part(&asm, "rank_00000", b"abc"),
             part(&asm, "rank_00001", b"de"),
@@ -293,7 +346,7 @@ mod tests {
     fn uncommitted_assembly_leaves_nothing() {
         let tmp = tempfile::tempdir().unwrap();
         let target = tmp.path().join("ckpt");
-        let asm = Assembly::stage(&target, false).unwrap();
+        let asm = stage_at(&target);
         part(&asm, "rank_00000", b"abc");
         drop(asm);
         assert_eq!(fs::read_dir(tmp.path()).unwrap().count(), 0);
@@ -302,8 +355,8 @@ mod tests {
     #[test]
     fn a_part_from_another_checkpoint_is_refused() {
         let tmp = tempfile::tempdir().unwrap();
-        let asm = Assembly::stage(&tmp.path().join("a"), false).unwrap();
-        let other = Assembly::stage(&tmp.path().join("b"), false).unwrap();
+        let asm = stage_at(&tmp.path().join("a"));
+        let other = stage_at(&tmp.path().join("b"));
         let mine = part(&asm, "rank_00000", b"abc");
         // Written into `asm`'s directory but stamped with `other`'s id.
         let group = GroupSource {
@@ -312,7 +365,7 @@ mod tests {
             header_metadata: vec![],
         };
         let stray = write_part(
-            asm.dir(),
+            asm.place(),
             other.checkpoint_id(),
             &group,
             &SaveOptions::default(),
@@ -328,9 +381,9 @@ mod tests {
     #[test]
     fn files_no_part_listed_are_refused() {
         let tmp = tempfile::tempdir().unwrap();
-        let asm = Assembly::stage(&tmp.path().join("a"), false).unwrap();
+        let asm = stage_at(&tmp.path().join("a"));
         let mine = part(&asm, "rank_00000", b"abc");
-        fs::write(asm.dir().join("planted"), b"x").unwrap();
+        fs::write(asm.place().join("planted"), b"x").unwrap();
         let err = asm.commit(vec![mine], user("{}"), false).unwrap_err();
         assert!(err.to_string().contains("planted"), "{err}");
     }

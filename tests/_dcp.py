@@ -522,7 +522,26 @@ def scenario_kill(rep: Report, mesh: DeviceMesh, out: Path, ck: str, victim: int
     rep.save()
 
 
+def scenario_s3(rep: Report, mesh: DeviceMesh, out: Path, url: str, env: dict[str, str]) -> None:
+    """2 ranks, an object store at ``url`` (its client settings in ``env``): save state 1;
+    an overwrite refused, then one failing (rank 1 raises); load it back resharded."""
+    os.environ.update(env)  # the fork server's ranks do not inherit the test's variables
+    with rep.step("save"):
+        dcp.save(make_state(1, mesh, "save"), storage_writer=Writer(url))
+    with rep.step("overwrite_refused"), expect_failure(FileExistsError):
+        dcp.save(make_state(2, mesh, "save"), storage_writer=Writer(url))
+    with rep.step("failed_overwrite"):
+        with expect_failure(InjectedFault) as caught:
+            dcp.save(make_state(2, mesh, "save"), storage_writer=FailingWriter(url, overwrite=True))
+        del caught  # its traceback holds the coordinator's writer, which removes the parts
+        gc.collect()
+        dist.barrier()
+    with rep.step("load"):
+        load_into(url, 1, mesh, "reshard")  # type: ignore[arg-type]  # a URL, as Reader takes
+
+
 SCENARIOS: dict[str, Callable[..., None]] = {
+    "s3": scenario_s3,
     "save": scenario_save,
     "two_ranks": scenario_two_ranks,
     "kill": scenario_kill,

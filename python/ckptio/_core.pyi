@@ -2,6 +2,7 @@
 
 from collections.abc import Callable, Sequence
 from os import PathLike
+from pathlib import Path
 from typing import Any, Protocol, final
 
 from typing_extensions import Buffer
@@ -88,13 +89,14 @@ def save(
 @final
 class Assembly:
     """A checkpoint being written in parts by several processes (the storage layer of
-    ``torch.distributed.checkpoint``): a staging directory beside ``target``, locked by
-    this process. Dropped or aborted before ``commit``, it is removed with every part."""
+    ``torch.distributed.checkpoint``): a staging directory beside a local target, locked
+    by this process, or the checkpoint id's data prefix under an ``s3://`` URL. Dropped
+    or aborted before ``commit``, it is removed with every part."""
 
-    def __new__(cls, target: str | PathLike[str], *, overwrite: bool = False) -> Assembly: ...
+    def __new__(cls, location: str | PathLike[str], options: SaveOptions) -> Assembly: ...
     @property
-    def dir(self) -> str:
-        """The staging directory the parts are written into."""
+    def place(self) -> str | Path:
+        """Where ``write_part`` writes: the staging directory, or the checkpoint's URL."""
     @property
     def checkpoint_id(self) -> str:
         """The new checkpoint's id, stamped in every part's headers."""
@@ -107,10 +109,10 @@ class Assembly:
     def abort(self) -> None:
         """Removes the staging directory and every part in it."""
 
-def write_part(dir: str | PathLike[str], checkpoint_id: str, group: _Group, options: SaveOptions) -> str:
+def write_part(place: str | PathLike[str], checkpoint_id: str, group: _Group, options: SaveOptions) -> str:
     """Writes one part (``GROUP.safetensors``, hashed and written from the caller's
-    memory) into a staged ``dir``; returns its record (JSON) for ``Assembly.commit``.
-    Releases the GIL while writing."""
+    memory) to an assembly's ``place``; returns its record (JSON) for
+    ``Assembly.commit``. Releases the GIL while writing."""
 
 def open(
     location: str | PathLike[str], storage_options: Sequence[tuple[str, str]] | None = None

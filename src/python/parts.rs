@@ -8,14 +8,14 @@ use std::sync::Mutex;
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 
-use super::errors::IntoPyResult;
+use super::errors::{path_object, IntoPyResult};
 use super::{take_sources, OwnedGroup, PyGroup, PySaveOptions};
 use crate::parts::{self, Assembly, Part};
 
 /// A checkpoint being assembled from parts; see `_core.pyi`.
 #[pyclass(frozen, name = "Assembly", module = "ckptio._core")]
 pub struct PyAssembly {
-    dir: PathBuf,
+    place: Py<PyAny>,
     checkpoint_id: String,
     /// `None` once committed or aborted.
     inner: Mutex<Option<Assembly>>,
@@ -36,21 +36,23 @@ impl PyAssembly {
 #[pymethods]
 impl PyAssembly {
     #[new]
-    #[pyo3(signature = (target, *, overwrite=false))]
-    fn new(py: Python<'_>, target: PathBuf, overwrite: bool) -> PyResult<Self> {
+    fn new(py: Python<'_>, location: PathBuf, options: PyRef<'_, PySaveOptions>) -> PyResult<Self> {
+        let location = super::location(location)?;
+        let opts = options.inner.clone();
         let asm = py
-            .detach(|| Assembly::stage(&target, overwrite))
+            .detach(|| Assembly::stage(&location, &opts))
             .into_py_result()?;
         Ok(PyAssembly {
-            dir: asm.dir().to_path_buf(),
+            place: path_object(py, asm.place().to_path_buf())?.unbind(),
             checkpoint_id: asm.checkpoint_id().to_owned(),
             inner: Mutex::new(Some(asm)),
         })
     }
 
+    /// Where the parts go: the staging directory, or the checkpoint's URL.
     #[getter]
-    fn dir(&self) -> PathBuf {
-        self.dir.clone()
+    fn place(&self, py: Python<'_>) -> Py<PyAny> {
+        self.place.clone_ref(py)
     }
 
     #[getter]
@@ -98,7 +100,7 @@ impl PyAssembly {
 #[pyfunction]
 fn write_part(
     py: Python<'_>,
-    dir: PathBuf,
+    place: PathBuf,
     checkpoint_id: &str,
     group: PyGroup<'_>,
     options: PyRef<'_, PySaveOptions>,
@@ -107,7 +109,7 @@ fn write_part(
     let opts = options.inner.clone();
     py.detach(|| {
         let source = owned[0].source();
-        parts::write_part(&dir, checkpoint_id, &source, &opts).map(|p| p.to_json())
+        parts::write_part(&place, checkpoint_id, &source, &opts).map(|p| p.to_json())
     })
     .into_py_result()
 }

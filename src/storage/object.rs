@@ -53,6 +53,9 @@ pub(crate) struct ObjectSink {
     checkpoint_id: String,
     overwrite: bool,
     committed: bool,
+    /// One part of a checkpoint that several processes write (`parts.rs`): its files
+    /// stay when it is dropped, for the coordinator's sink to commit or remove.
+    part: bool,
     /// Names of the files uploaded so far.
     written: Mutex<Vec<String>>,
 }
@@ -99,8 +102,64 @@ impl ObjectSink {
             checkpoint_id: checkpoint_id.to_owned(),
             overwrite: opts.overwrite,
             committed: false,
+            part: false,
             written: Mutex::new(Vec::new()),
         })
+    }
+
+    /// A sink for one part of checkpoint `checkpoint_id`, whose coordinator staged it
+    /// (and checked the name): it uploads under the checkpoint's data prefix and never
+    /// commits or removes anything itself.
+    pub(crate) fn stage_part(
+        url: &ObjectUrl,
+        checkpoint_id: &str,
+        opts: &SaveOptions,
+    ) -> Result<ObjectSink> {
+        let key = url.checkpoint_key()?;
+        Ok(ObjectSink {
+            data: data_prefix(&key, checkpoint_id),
+            store: connect(url, &opts.storage)?,
+            url: url.clone(),
+            key,
+            checkpoint_id: checkpoint_id.to_owned(),
+            overwrite: opts.overwrite,
+            committed: false,
+            part: true,
+            written: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Refuses to commit parts unless the data prefix holds exactly `files` (name and
+    /// size) and nothing else (multipart markers of finished uploads aside).
+    pub(crate) fn check_parts(&self, files: &[(String, u64)]) -> Result<()> {
+        let listed: Vec<object_store::ObjectMeta> =
+            block_on(self.store.list(Some(&self.data)).try_collect())?
+                .map_err(|e| store_error("list", self.url.as_path(), e))?;
+        let prefix_len = self.data.as_ref().len() + 1;
+        let present: std::collections::HashMap<&str, u64> = listed
+            .iter()
+            .map(|m| (&m.location.as_ref()[prefix_len..], m.size))
+            .filter(|(name, _)| !name.starts_with(super::object_parts::MARKER_DIR))
+            .collect();
+        for (name, size) in files {
+            match present.get(name.as_str()) {
+                Some(got) if got == size => {}
+                got => {
+                    return Err(Error::corrupt(
+                        &self.url.child(name),
+                        None,
+                        format!("the part holds {got:?} bytes, its writer recorded {size}"),
+                    ))
+                }
+            }
+        }
+        if let Some(extra) = present.keys().find(|n| !files.iter().any(|(f, _)| f == *n)) {
+            return Err(Error::InvalidArgument(format!(
+                "{}: not written by any part of this save; refusing to commit",
+                self.url.child(extra).display()
+            )));
+        }
+        Ok(())
     }
 
     /// Where file `name` goes (its object, and its URL for errors); recorded as
@@ -393,7 +452,7 @@ impl Drop for ObjectSink {
     /// An uncommitted save removes the files it uploaded (best effort: `cleanup`
     /// removes what a killed process leaves).
     fn drop(&mut self) {
-        if !self.committed {
+        if !self.committed && !self.part {
             if let Ok(rt) = runtime() {
                 let _ = rt.block_on(delete_prefix(self.store.as_ref(), &self.data));
             }

@@ -38,7 +38,7 @@ from torch.futures import Future
 
 from .. import _core
 from .._dcp_index import BYTES_SUFFIX, chunk_name
-from .._location import is_url
+from .._location import as_location, is_url
 from .._plan import save_options
 from .._tensors import as_saveable
 from ..checkpoint import Checkpoint
@@ -49,21 +49,17 @@ from ._dcp_staging import stage_state_dict
 __all__ = ["Reader", "Writer", "convert"]
 
 
-def _local_path(path: str | os.PathLike[str], what: str) -> str:
-    text = os.fspath(path)
-    if is_url(text):
-        raise ValueError(
-            f"{text}: the DCP {what} writes local (or mounted) paths; for object storage, save locally and "
-            "`ckptio cp` the checkpoint"
-        )
-    return text
+def _place(path: str | os.PathLike[str]) -> str:
+    """A checkpoint path or ``s3://`` URL as text (a URL without a trailing slash)."""
+    return str(as_location(path))
 
 
 @dataclasses.dataclass(frozen=True)
 class _RankTarget:
-    """What the coordinator tells each rank (``SavePlan.storage_data``)."""
+    """What the coordinator tells each rank (``SavePlan.storage_data``): where to
+    write (the staging directory, or the checkpoint's URL), the id and the file."""
 
-    dir: str
+    place: str
     checkpoint_id: str
     group: str
 
@@ -84,11 +80,13 @@ def _default_resolve(planner: SavePlanner) -> bool:
 class Writer(StorageWriter, AsyncStager):
     """DCP's ``StorageWriter`` for a ckptio checkpoint directory at ``path``.
 
-    ``overwrite=True`` replaces a checkpoint under that name atomically (the old one
-    stays whole until the new one is in place); ``durable=False`` skips the fsyncs;
-    ``threads`` bounds each rank's writer threads. Picklable, for DCP's PROCESS async
-    mode. As an ``AsyncStager``, it stages ``dcp.async_save``'s state dict into CPU
-    memory, pinned when the tensors are on a GPU, so the caller's stall is that copy.
+    ``path`` is a local path or an ``s3://`` URL (``storage_options`` as for every
+    save: endpoint, region, credentials). ``overwrite=True`` replaces a checkpoint under
+    that name atomically (the old one stays whole until the new one is in place);
+    ``durable=False`` skips the fsyncs; ``threads`` bounds each rank's writer threads.
+    Picklable, for DCP's PROCESS async mode. As an ``AsyncStager``, it stages
+    ``dcp.async_save``'s state dict into CPU memory, pinned when the tensors are on a
+    GPU, so the caller's stall is that copy.
 
     Example:
         >>> import tempfile, os, torch, torch.distributed.checkpoint as dcp
@@ -107,27 +105,26 @@ class Writer(StorageWriter, AsyncStager):
         overwrite: bool = False,
         durable: bool = True,
         threads: int | None = None,
+        storage_options: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        self.path = _local_path(path, "Writer")
+        self.path = _place(path)
         self.overwrite = overwrite
         self.durable = durable
         self.threads = threads
-        self._options = save_options(overwrite=overwrite, durable=durable, threads=threads)
+        self.storage_options = dict(storage_options or {})
+        self._options = save_options(
+            overwrite=overwrite, durable=durable, threads=threads, storage_options=self.storage_options
+        )
         self._assembly: _core.Assembly | None = None
 
     def __getstate__(self) -> dict[str, Any]:
-        return {
-            "path": self.path,
-            "overwrite": self.overwrite,
-            "durable": self.durable,
-            "threads": self.threads,
-        }
+        keys = ("path", "overwrite", "durable", "threads", "storage_options")
+        return {k: getattr(self, k) for k in keys}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(
-            state["path"], overwrite=state["overwrite"], durable=state["durable"], threads=state["threads"]
-        )  # type: ignore[misc]
+        state = dict(state)
+        self.__init__(state.pop("path"), **state)  # type: ignore[misc]
 
     # -- AsyncStager -----------------------------------------------------------------
     def stage(self, state_dict: dict[str, Any]) -> dict[str, Any]:
@@ -154,7 +151,7 @@ class Writer(StorageWriter, AsyncStager):
         """Starts a new save, to ``checkpoint_id`` if given (a path)."""
         self._abort()
         if checkpoint_id is not None:
-            self.path = _local_path(checkpoint_id, "Writer")
+            self.path = _place(checkpoint_id)
 
     def _abort(self) -> None:
         if self._assembly is not None:
@@ -173,11 +170,11 @@ class Writer(StorageWriter, AsyncStager):
         """Stages the checkpoint directory (refusing an existing name unless
         ``overwrite``) and tells each rank where to write and under which id."""
         self._abort()
-        self._assembly = _core.Assembly(self.path, overwrite=self.overwrite)
+        self._assembly = _core.Assembly(self.path, self._options)
         asm = self._assembly
         return [
             dataclasses.replace(
-                plan, storage_data=_RankTarget(str(asm.dir), asm.checkpoint_id, f"rank_{i:05d}")
+                plan, storage_data=_RankTarget(str(asm.place), asm.checkpoint_id, f"rank_{i:05d}")
             )
             for i, plan in enumerate(plans)
         ]
@@ -207,7 +204,7 @@ class Writer(StorageWriter, AsyncStager):
             results.append(WriteResult(item.index, s.nbytes, md.Stored(target.group, name, None, None)))
         if tensors:
             group = (target.group, tensors, [("format", "pt")])
-            part = _core.write_part(target.dir, target.checkpoint_id, group, self._options)
+            part = _core.write_part(target.place, target.checkpoint_id, group, self._options)
             first = next(i for i, r in enumerate(results) if r.storage_data.name is not None)
             results[first] = dataclasses.replace(
                 results[first], storage_data=results[first].storage_data._replace(part=part)
@@ -231,8 +228,9 @@ class Writer(StorageWriter, AsyncStager):
 
     @classmethod
     def validate_checkpoint_id(cls, checkpoint_id: str | os.PathLike[str]) -> bool:
-        """A local path (s3:// URLs: save locally and ``ckptio cp``)."""
-        return not is_url(os.fspath(checkpoint_id))
+        """A path, or an ``s3://`` URL."""
+        text = os.fspath(checkpoint_id)
+        return not is_url(text) or text.startswith("s3://")
 
 
 class Reader(StorageReader):
@@ -241,8 +239,9 @@ class Reader(StorageReader):
     any world size; ``read_data`` reads each chunk a rank needs once, checking its
     checksum. Works with ``no_dist=True`` in one process. Picklable.
 
-    Values DCP could only pickle are unpickled with torch's restricted unpickler
-    unless ``allow_pickle=True`` (for checkpoints you trust).
+    ``path`` is a local path or an ``s3://`` URL (``storage_options`` as for
+    ``ckptio.open``). Values DCP could only pickle are unpickled with torch's restricted
+    unpickler unless ``allow_pickle=True`` (for checkpoints you trust).
 
     Example:
         >>> import tempfile, os, torch, torch.distributed.checkpoint as dcp
@@ -254,31 +253,39 @@ class Reader(StorageReader):
     """
 
     def __init__(
-        self, path: str | os.PathLike[str], *, allow_pickle: bool = False, threads: int | None = None
+        self,
+        path: str | os.PathLike[str],
+        *,
+        allow_pickle: bool = False,
+        threads: int | None = None,
+        storage_options: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        self.path = _local_path(path, "Reader")
+        self.path = _place(path)
         self.allow_pickle = allow_pickle
         self.threads = threads
+        self.storage_options = dict(storage_options or {})
         self._ckpt: Checkpoint | None = None
         self._storage: Mapping[MetadataIndex, md.Stored] = {}
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"path": self.path, "allow_pickle": self.allow_pickle, "threads": self.threads}
+        keys = ("path", "allow_pickle", "threads", "storage_options")
+        return {k: getattr(self, k) for k in keys}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["path"], allow_pickle=state["allow_pickle"], threads=state["threads"])  # type: ignore[misc]
+        state = dict(state)
+        self.__init__(state.pop("path"), **state)  # type: ignore[misc]
 
     def reset(self, checkpoint_id: str | os.PathLike[str] | None = None) -> None:
         """Starts a new load, from ``checkpoint_id`` if given (a path)."""
         if checkpoint_id is not None:
-            self.path = _local_path(checkpoint_id, "Reader")
+            self.path = _place(checkpoint_id)
         self._ckpt = None
         self._storage = {}
 
     def _open(self) -> Checkpoint:
         if self._ckpt is None:
-            ckpt = Checkpoint(self.path)
+            ckpt = Checkpoint(self.path, storage_options=self.storage_options)
             if ckpt.kind != "dcp":
                 ckpt.close()
                 from ..errors import CheckpointKindError
@@ -340,9 +347,9 @@ class Reader(StorageReader):
 
     @classmethod
     def validate_checkpoint_id(cls, checkpoint_id: str | os.PathLike[str]) -> bool:
-        """A local directory with a ckptio manifest."""
+        """A local directory with a ckptio manifest, or an ``s3://`` URL."""
         text = os.fspath(checkpoint_id)
-        return not is_url(text) and Path(text, "ckptio.json").is_file()
+        return text.startswith("s3://") if is_url(text) else Path(text, "ckptio.json").is_file()
 
 
 def convert(
@@ -368,4 +375,4 @@ def convert(
     """
     from ._dcp_convert import convert as run
 
-    return run(os.fspath(src), _local_path(dst, "Writer"), overwrite=overwrite, allow_pickle=allow_pickle)
+    return run(os.fspath(src), _place(dst), overwrite=overwrite, allow_pickle=allow_pickle)
