@@ -16,8 +16,13 @@ Modules, by concern:
   s3torchconnector, the raw multipart put / ranged get), ``s3runner`` (the run under an
   ``s3://`` prefix of its own), ``s3report`` (targets, table, markdown), ``s3cli``,
   ``s3server`` (a SeaweedFS ``weed mini`` on loopback, also the tests' S3 server).
+- DCP (``--workload dcp --ranks N``): ``dcpcatalog`` (the storage layers: ckptio's
+  Writer/Reader, DCP's FileSystemWriter/Reader, torch's HuggingFace storage),
+  ``dcprunner`` (the code each gloo rank runs), ``dcpreport`` (table, targets,
+  markdown), ``dcpcli`` (starts and watches the ranks).
 
 Example:
     ``ckptio bench --quick`` (a smoke run), ``ckptio bench --json out.json --plot out.png``,
-    ``ckptio bench --s3`` (against a local SeaweedFS)
+    ``ckptio bench --s3`` (against a local SeaweedFS),
+    ``ckptio bench --workload dcp --ranks 4`` (torch.distributed.checkpoint, 4 ranks)
 """

@@ -65,6 +65,16 @@ def _part_size(text: str) -> int:
     return value
 
 
+def _workload_option(text: str) -> tuple[str, ...]:
+    """``--workload``: workloads of the local suite, or ``dcp`` alone (``dcpcli``)."""
+    names = {part.strip().lower() for part in text.split(",") if part.strip()}
+    if "dcp" not in names:
+        return parse_workloads(text)
+    if len(names) > 1:
+        raise ValueError("--workload dcp runs alone (it saves the llm state from --ranks processes)")
+    return ("dcp",)
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value <= 0:
@@ -93,10 +103,14 @@ def add_parser(subparsers: Any, func: Callable[[argparse.Namespace], int]) -> ar
     )
     p.add_argument(
         "--workload",
-        type=_argument_type(parse_workloads),
+        type=_argument_type(_workload_option),
         default=DEFAULT_WORKLOADS,
         help=f"one or more of {', '.join(WORKLOADS)}, comma-separated (default: "
-        f"{','.join(DEFAULT_WORKLOADS)}; llm is the headline, lora adds the per-tensor-overhead case)",
+        f"{','.join(DEFAULT_WORKLOADS)}; llm is the headline, lora adds the per-tensor-overhead case); "
+        "or dcp: the llm state through torch.distributed.checkpoint from --ranks processes",
+    )
+    p.add_argument(
+        "--ranks", type=_argument_type(_positive_int), help="gloo ranks of --workload dcp (default 2)"
     )
     p.add_argument(
         "--size",
@@ -271,7 +285,7 @@ def _command_line(args: argparse.Namespace) -> str:
     if args.quick:
         parts.append("--quick")
     flags = ("storage", "workload", "size", "runs", "part_size", "parts_in_flight", "dir", "json", "markdown")
-    for flag in (*flags, "plot"):
+    for flag in (*flags[:2], "ranks", *flags[2:], "plot"):
         if flag in args.explicit:
             parts.append(f"--{flag.replace('_', '-')} {args.explicit[flag]}")
     return " ".join(parts)
@@ -299,10 +313,17 @@ def run(args: argparse.Namespace) -> int:
         "storage": args.storage,
         "part_size": args.part_size and _size_text(args.part_size),
         "parts_in_flight": args.parts_in_flight,
+        "ranks": args.ranks,
     }
     args.explicit = {k: v for k, v in args.explicit.items() if v is not None}
     size = args.size or parse_size(QUICK_SIZE if args.quick else DEFAULT_SIZE)
     runs = args.runs or (QUICK_RUNS if args.quick else DEFAULT_RUNS)
+    if args.workload == ("dcp",):
+        from .dcpcli import run_dcp
+
+        return run_dcp(args, size, runs, _command_line(args))
+    if args.ranks:
+        raise ValueError("--ranks applies to --workload dcp only")
     if "mixed" in args.workload:
         try:
             import ml_dtypes  # noqa: F401
