@@ -70,16 +70,19 @@ def read(ckpt: Checkpoint, requests: Iterable[Request], threads: int = 0) -> Non
             direct_jobs.append((index, _bytes_view(reqs[0].dest)))
             direct_done.append(reqs[0])
         else:
-            staged.append((index, tuple(info.shape), dtype, reqs))
+            staged.append((index, info.nbytes, tuple(info.shape), dtype, reqs))
     if direct_jobs:
         ckpt._core.read_into(direct_jobs, True, threads)
     for r in direct_done:
         if r.done is not None:
             r.done()
-    for index, shape, dtype, reqs in staged:
-        scratch = torch.empty(shape, dtype=dtype)
-        if scratch.numel():
-            ckpt._core.read_into([(index, _bytes_view(scratch))], True, threads)
+    # One scratch buffer for every staged chunk, sized for the largest: fresh memory
+    # per chunk would pay the first-touch page faults again for each.
+    buffer = torch.empty(max((s[1] for s in staged), default=0), dtype=torch.uint8)
+    for index, nbytes, shape, dtype, reqs in staged:
+        scratch = buffer[:nbytes].view(dtype).view(shape)
+        if nbytes:
+            ckpt._core.read_into([(index, buffer[:nbytes].numpy())], True, threads)
         for r in reqs:
             src = scratch
             for dim, (o, n) in enumerate(zip(r.offsets, r.lengths, strict=True)):
