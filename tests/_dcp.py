@@ -432,8 +432,9 @@ def _rank_main(rank: int, world: int, port: int, out: str, scenario: str, args: 
 
 
 def hidden(parent: Path) -> list[str]:
-    """Hidden entries of ``parent`` (what interrupted saves may leave)."""
-    return sorted(p.name for p in parent.iterdir() if p.name.startswith("."))
+    """Hidden entries of ``parent`` that saves make (``.NAME.ckptio-tmp-...``): not the
+    ranks' own ``.rank-N.json.tmp`` reports, which other ranks may be writing."""
+    return sorted(p.name for p in parent.iterdir() if p.name.startswith(".") and ".ckptio-" in p.name)
 
 
 def load_into(path: Path, version: int, mesh: DeviceMesh | None, layout: str) -> dict[str, Any]:
