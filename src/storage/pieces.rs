@@ -11,19 +11,19 @@
 //!
 //! Checksums stay per tensor (one streaming xxh3 each, fed in order), so the unit of
 //! parallel work is a [`Job`]: a run of whole tensors, adjacent in one file, of at least
-//! `job_bytes`. A job hashes exactly its own tensors and writes the pieces that start
-//! inside them; the few bytes of its last tensor past its last piece boundary are
-//! written by the next job (read twice, at most one piece per job). Each piece is hashed
-//! and then written at once, so the copy reads it from cache: a byte is read from the
-//! caller's memory once, bar those tails.
+//! `job_bytes`. A job hashes exactly its own tensors and writes from the piece boundary
+//! at or below its first byte to the one at or below the next job's; the bytes of its
+//! last tensor past that boundary are written by the next job (read twice: under one
+//! piece per job). Each piece is hashed and then written at once, so the copy reads it
+//! from cache: a byte is read from the caller's memory once, bar those tails.
 
 use std::io::IoSlice;
 use std::ops::Range;
 
 use crate::checksum::Hasher;
 
-/// Bytes per write: the largest folio the page cache makes (a PMD) on x86-64 and
-/// arm64 with 4 KiB pages; larger pieces measured no faster (docs/ENGINE.md).
+/// Bytes per write: the largest folio the page cache made in our measurements (a PMD:
+/// 2 MiB with 4 KiB pages); larger pieces measured no faster (docs/ENGINE.md).
 pub(crate) const PIECE: u64 = 2 << 20;
 /// Least bytes of one job: a few pieces, so the tails read twice stay a small share.
 pub(crate) const JOB_BYTES: u64 = 8 << 20;
