@@ -13,16 +13,20 @@ bytes as new files in other ways:
 - ``2 MiB from data``: 2 MiB ``pwrite``s aligned to the data section, not the file (what
   pieces aligned to tensor offsets would give without a header padded to 2 MiB);
 
-and times, for each, a fresh process that maps every tensor file ``MAP_PRIVATE`` (as
-``ckptio`` loads do) and reads one byte per 4 KiB page. Prints per-variant medians and
-the median of the per-round ratios to ``one write``.
+and, for each, has fresh processes map every tensor file ``MAP_PRIVATE`` (as ``ckptio``
+loads do) and read one byte per 4 KiB page. Prints per variant the median and best wall
+time, the page faults and the share of the bytes mapped by 2 MiB (PMD) entries; the
+last two do not depend on the load of the machine, the times do.
 
-    PYTHONPATH=python python dev/faultin_probe.py [--size-mib 512] [--rounds 7]
-        [--workloads llm,lora] [--baseline DIR]
+    PYTHONPATH=python python dev/faultin_probe.py [--size-mib 512] [--rounds 5]
+        [--touches 5] [--workloads llm,lora] [--baseline DIR] [--save-speed]
 
 ``--baseline DIR``: a directory holding another build's ``ckptio`` package (e.g. a copy
 of ``python/ckptio`` with the ``_core`` of an older commit); its saves run in child
 processes with ``PYTHONPATH=DIR``, so both builds are compared in one run.
+``--save-speed`` (with ``--baseline``): instead, times ``save_state(durable=False)`` of
+the state by both builds, each in one process that holds the state, saving in turns
+(``--rounds`` saves each), and prints throughput, CPU time and the ratios of the pairs.
 """
 
 from __future__ import annotations
@@ -47,6 +51,21 @@ from ckptio.bench.workloads import build_state
 state = build_state(sys.argv[2], int(sys.argv[3]))
 ckptio.save_state(sys.argv[1], state.weights, state.optimizer, step=state.step, durable=False)
 print(ckptio.__file__)
+"""
+
+SPEED_CHILD = """
+import os, shutil, sys, time
+import ckptio
+from ckptio.bench.workloads import build_state
+state = build_state(sys.argv[2], int(sys.argv[3]))
+print(ckptio.__file__, state.nbytes, flush=True)
+for line in sys.stdin:
+    path = os.path.join(sys.argv[1], line.strip())
+    wall, cpu = time.perf_counter(), time.process_time()
+    ckptio.save_state(path, state.weights, state.optimizer, step=state.step, durable=False)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    shutil.rmtree(path)
+    print(wall, cpu, flush=True)
 """
 
 TOUCH_CHILD = """
@@ -80,6 +99,52 @@ def _save_ckptio(dst: Path, workload: str, size: int, pythonpath: Path) -> None:
     ).stdout
     if not out.strip().startswith(str(pythonpath)):
         raise RuntimeError(f"the save imported {out.strip()}, not the build under {pythonpath}")
+
+
+def _save_speed(work: Path, workload: str, size: int, builds: dict[str, Path], rounds: int) -> None:
+    """Both builds in long-lived processes holding the state, saving alternately."""
+    procs = {}
+    for b, pythonpath in builds.items():
+        cmd = [sys.executable, "-c", SPEED_CHILD, str(work), workload, str(size)]
+        env = {**os.environ, "PYTHONPATH": str(pythonpath)}
+        procs[b] = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        nbytes = 0
+        for b, proc in procs.items():
+            assert proc.stdout is not None
+            module, nbytes_text = proc.stdout.readline().split()
+            if not module.startswith(str(builds[b])):
+                raise RuntimeError(f"{b} imported {module}, not the build under {builds[b]}")
+            nbytes = int(nbytes_text)
+        runs: dict[str, list[tuple[float, float]]] = {b: [] for b in builds}
+        names = list(builds)
+        for r in range(rounds):
+            for b in names[r % 2 :] + names[: r % 2]:
+                proc = procs[b]
+                assert proc.stdin is not None and proc.stdout is not None
+                proc.stdin.write(f"save-{b.replace(' ', '-')}\n")
+                proc.stdin.flush()
+                wall, cpu = map(float, proc.stdout.readline().split())
+                runs[b].append((nbytes / wall / 1e9, cpu * 1e3))
+    finally:
+        for proc in procs.values():
+            proc.kill()
+            proc.wait()
+    print(f"{workload}: save_state(durable=False) of {nbytes / MIB:.0f} MiB, {rounds} saves per build")
+    for b, xs in runs.items():
+        speed = statistics.median(x[0] for x in xs)
+        cpu = statistics.median(x[1] for x in xs)
+        print(
+            f"  {b:<16} median {speed:5.2f} GB/s, best {max(x[0] for x in xs):5.2f} GB/s, CPU {cpu:6.0f} ms"
+        )
+    ckptio, base = runs["ckptio"], runs["ckptio baseline"]
+    for k, what in ((0, "throughput"), (1, "CPU time")):
+        ratios = sorted(a[k] / b[k] for a, b in zip(ckptio, base, strict=True))
+        q = len(ratios) // 4
+        print(
+            f"  ckptio / baseline {what}: median of the pairs {statistics.median(ratios):.2f}x "
+            f"(middle half {ratios[q]:.2f}-{ratios[-1 - q]:.2f}x)"
+        )
 
 
 def _rewrite(src: Path, dst: Path, how: str) -> None:
@@ -140,8 +205,20 @@ def main() -> None:
     ap.add_argument("--workloads", default="llm,lora")
     ap.add_argument("--baseline", type=Path, help="a directory holding another build's ckptio package")
     ap.add_argument("--json", type=Path, help="also write every sample here")
+    ap.add_argument("--save-speed", action="store_true", help="time saves of both builds instead")
     args = ap.parse_args()
     size = args.size_mib * MIB
+    if args.save_speed:
+        if not args.baseline:
+            ap.error("--save-speed compares with --baseline")
+        builds = {"ckptio": PYTHON_DIR, "ckptio baseline": args.baseline.resolve()}
+        work = Path(tempfile.mkdtemp(prefix="ckptio-savespeed-"))
+        try:
+            for workload in args.workloads.split(","):
+                _save_speed(work, workload, size, builds, args.rounds)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return
     variants = ["ckptio"]
     if args.baseline:
         variants.append("ckptio baseline")
