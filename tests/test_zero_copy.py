@@ -66,7 +66,9 @@ _RSS_PROBE = textwrap.dedent(
     before = hwm_kib()
     weights = ckptio.load_state(path)
     loaded = hwm_kib()
-    total = sum(int(w[:: 1 << 20].sum()) for w in weights.values())  # one byte per MiB
+    # One byte per 16 MiB: a read maps the whole page-cache folio it lands in, and a
+    # file ckptio wrote is held in 2 MiB folios (docs/ENGINE.md), so 64 reads map 128 MiB.
+    total = sum(int(w[:: 16 << 20].sum()) for w in weights.values())
     sparse = hwm_kib()
     for w in weights.values():
         w.sum()  # touch every page
@@ -87,5 +89,5 @@ def test_loading_1gb_does_not_grow_rss_until_touched(tmp_path):
     ).stdout
     before, loaded, sparse, full = (int(x) * 1024 for x in out.split())
     assert loaded - before < 64 << 20, f"open+load grew peak RSS by {(loaded - before) >> 20} MiB"
-    assert sparse - before < 128 << 20, f"sparse touch grew peak RSS by {(sparse - before) >> 20} MiB"
+    assert sparse - before < 192 << 20, f"sparse touch grew peak RSS by {(sparse - before) >> 20} MiB"
     assert full - before > gib * 0.9, "touching every page should map the whole file in"

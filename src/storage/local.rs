@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
 
+use super::pieces::{self, FileBytes, Segment, JOB_BYTES, PIECE};
 use super::{Producer, Sink};
-use crate::checksum::{self, Hasher};
 use crate::commit::{self, Staging};
 use crate::error::{Error, IoContext, Result};
 use crate::fault;
@@ -81,88 +81,6 @@ impl Sink for LocalSink {
     }
 }
 
-/// Bytes hashed and written per step: small enough to stay in L2 between the hash and
-/// the copy into the page cache.
-const CHUNK: usize = 1 << 20;
-
-/// Hashes and writes `data` at `offset`, one chunk at a time.
-fn write_tensor(file: &File, path: &Path, offset: u64, data: &[u8]) -> Result<u64> {
-    let mut hasher = Hasher::new();
-    let mut pos = offset;
-    for chunk in data.chunks(CHUNK) {
-        hasher.update(chunk);
-        file.write_all_at(chunk, pos).ctx("write", path)?;
-        pos += chunk.len() as u64;
-    }
-    Ok(hasher.finish())
-}
-
-/// Tensors smaller than this are written in runs, one `pwritev` per run.
-const SMALL: usize = 256 << 10;
-/// Limits of one run: bytes, and iovecs (well under `IOV_MAX`, 1024 on Linux).
-const RUN_BYTES: usize = 4 << 20;
-const RUN_TENSORS: usize = 512;
-
-/// A unit of parallel work: one large tensor, or a run of small tensors that are
-/// adjacent in one file (thousands of LoRA-sized tensors cost one syscall per run).
-struct Job {
-    file: usize,
-    /// Indices into the file's tensors, in file order.
-    tensors: Vec<usize>,
-    bytes: usize,
-}
-
-fn plan_jobs(files: &[PlannedFile]) -> Vec<Job> {
-    let mut jobs = Vec::new();
-    for (fi, f) in files.iter().enumerate() {
-        let mut order: Vec<usize> = (0..f.sources.len()).collect();
-        order.sort_by_key(|&ti| f.layout.tensors[ti].begin);
-        let mut run = Job {
-            file: fi,
-            tensors: Vec::new(),
-            bytes: 0,
-        };
-        for ti in order {
-            let len = f.sources[ti].data.len();
-            let full = run.bytes + len > RUN_BYTES || run.tensors.len() == RUN_TENSORS;
-            if !run.tensors.is_empty() && (len >= SMALL || full) {
-                jobs.push(std::mem::replace(
-                    &mut run,
-                    Job {
-                        file: fi,
-                        tensors: Vec::new(),
-                        bytes: 0,
-                    },
-                ));
-            }
-            if len >= SMALL {
-                jobs.push(Job {
-                    file: fi,
-                    tensors: vec![ti],
-                    bytes: len,
-                });
-            } else {
-                run.tensors.push(ti);
-                run.bytes += len;
-            }
-        }
-        if !run.tensors.is_empty() {
-            jobs.push(run);
-        }
-    }
-    // Largest first, so the long jobs start early.
-    jobs.sort_by_key(|j| std::cmp::Reverse(j.bytes));
-    jobs
-}
-
-/// Hashes each of a run of adjacent small tensors, then writes them in one `pwritev`.
-fn write_batch(file: &File, path: &Path, offset: u64, datas: &[&[u8]]) -> Result<Vec<u64>> {
-    let hashes = datas.iter().map(|d| checksum::hash(d)).collect();
-    let mut slices: Vec<IoSlice> = datas.iter().map(|d| IoSlice::new(d)).collect();
-    write_all_vectored_at(file, &mut slices, offset).ctx("write", path)?;
-    Ok(hashes)
-}
-
 fn write_all_vectored_at(
     file: &File,
     mut bufs: &mut [IoSlice<'_>],
@@ -229,17 +147,29 @@ impl CreateFile for Staging {
     }
 }
 
-/// Creates the files of one window, reserves their blocks and writes their headers.
+/// Creates the files of one window and reserves their blocks. The header is written
+/// with the first piece of data (`pieces.rs`), so it does not leave a small folio at 0.
 fn create_files(dir: &dyn CreateFile, files: &[PlannedFile]) -> Result<Vec<(File, PathBuf)>> {
     let mut handles = Vec::with_capacity(files.len());
     for f in files {
         let (file, path) = dir.create_file(&f.name)?;
         reserve(&file, &path, f.layout.file_len)?;
-        file.write_all_at(&f.layout.header, 0).ctx("write", &path)?;
         handles.push((file, path));
         fault::point("file");
     }
     Ok(handles)
+}
+
+/// A planned file as the bytes to write: its header, then its tensors' memory.
+fn file_bytes<'a>(f: &'a PlannedFile) -> FileBytes<'a> {
+    let segments = (f.sources.iter().zip(&f.layout.tensors).enumerate())
+        .map(|(index, (src, t))| Segment {
+            index,
+            begin: t.begin,
+            data: src.data,
+        })
+        .collect();
+    FileBytes::new(&f.layout.header, segments)
 }
 
 /// Writes every tensor file; returns each tensor's checksum, per file, in the order of
@@ -264,24 +194,23 @@ pub(crate) fn write_files(
     let last = windows.len() - 1;
     for (w, &(first, window)) in windows.iter().enumerate() {
         let handles = create_files(dir, window)?;
-        let done: Vec<Vec<((usize, usize), u64)>> = plan_jobs(window)
+        let bytes: Vec<FileBytes> = window.iter().map(file_bytes).collect();
+        let mut jobs: Vec<pieces::Job> = (bytes.iter().enumerate())
+            .flat_map(|(fi, b)| pieces::plan_jobs(fi, b, PIECE, JOB_BYTES))
+            .collect();
+        // Largest first, so the long jobs start early.
+        jobs.sort_by_key(|j| std::cmp::Reverse(j.bytes));
+        let done: Vec<Vec<((usize, usize), u64)>> = jobs
             .par_iter()
             .map(|job| {
                 let (file, path) = &handles[job.file];
-                let f = &window[job.file];
-                let offset = f.layout.tensors[job.tensors[0]].begin;
-                let hashes = if let [ti] = job.tensors[..] {
-                    vec![write_tensor(file, path, offset, f.sources[ti].data)?]
-                } else {
-                    let datas: Vec<&[u8]> =
-                        job.tensors.iter().map(|&ti| f.sources[ti].data).collect();
-                    write_batch(file, path, offset, &datas)?
-                };
-                Ok(job
-                    .tensors
-                    .iter()
-                    .zip(hashes)
-                    .map(|(&ti, h)| {
+                let written = pieces::run_job(&bytes[job.file], job, PIECE, |slices, at| {
+                    write_all_vectored_at(file, slices, at)
+                });
+                Ok(written
+                    .ctx("write", path)?
+                    .into_iter()
+                    .map(|(ti, h)| {
                         fault::point("data");
                         ((job.file, ti), h)
                     })
@@ -317,4 +246,93 @@ pub(crate) fn write_small_file(
         file.sync_all().ctx("fsync", &path)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checksum;
+    use crate::dtype::Dtype;
+    use crate::format;
+    use crate::writer::TensorSource;
+
+    struct TempDir(PathBuf);
+
+    impl CreateFile for TempDir {
+        fn create_file(&self, name: &str) -> Result<(File, PathBuf)> {
+            let path = self.0.join(name);
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(&path)
+                .ctx("create", &path)?;
+            Ok((file, path))
+        }
+    }
+
+    /// Tensors as the format lays them out (element size first, an empty F32 sharing
+    /// its offset with a U8, a data start that is no multiple of a piece), written by
+    /// `write_files` in large pieces: each file reads back as the header then every
+    /// tensor at its offset, parses, and each checksum is that of the tensor's bytes.
+    #[test]
+    fn written_files_read_back_as_planned() {
+        let mib = 1usize << 20;
+        let specs: Vec<(&str, Dtype, Vec<u64>)> = vec![
+            ("tiny_u8", Dtype::U8, vec![3]),
+            ("empty_f32", Dtype::F32, vec![0, 4]),
+            ("big", Dtype::F32, vec![(5 * mib / 4 + 3) as u64]), // spans 3-4 pieces
+            ("small_f64", Dtype::F64, vec![1000]),
+            ("mid", Dtype::F16, vec![(3 * mib / 2) as u64]),
+            ("empty_u8", Dtype::U8, vec![0]),
+            ("huge", Dtype::F32, vec![(9 * mib / 4) as u64]), // past JOB_BYTES alone
+        ];
+        let datas: Vec<Vec<u8>> = (specs.iter().enumerate())
+            .map(|(i, (_, dt, shape))| {
+                let n = crate::dtype::byte_len(*dt, shape).unwrap() as usize;
+                (0..n).map(|k| (k * 7 + i * 13 + k / 4099) as u8).collect()
+            })
+            .collect();
+        let sources: Vec<TensorSource> = (specs.iter().zip(&datas))
+            .map(|((name, dtype, shape), data)| TensorSource {
+                name,
+                dtype: *dtype,
+                shape,
+                data,
+            })
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        // Two files: one with every tensor, one with the first three (a short file).
+        let mut files = Vec::new();
+        for (name, n, meta) in [("a.safetensors", 7, "x"), ("b.safetensors", 3, "longer")] {
+            let srcs: Vec<&TensorSource> = sources[..n].iter().collect();
+            let list: Vec<(&str, Dtype, &[u64])> =
+                srcs.iter().map(|s| (s.name, s.dtype, s.shape)).collect();
+            let layout = format::plan(&list, &[(meta.into(), "v".repeat(37))]).unwrap();
+            assert_ne!(layout.header.len() as u64 % PIECE, 0);
+            files.push(PlannedFile {
+                name: name.into(),
+                group: "model",
+                layout,
+                sources: srcs,
+            });
+        }
+        let hashes = write_files(&TempDir(dir.path().into()), &files, false).unwrap();
+        for (f, hashes) in files.iter().zip(&hashes) {
+            let bytes = std::fs::read(dir.path().join(&f.name)).unwrap();
+            assert_eq!(bytes.len() as u64, f.layout.file_len);
+            assert_eq!(&bytes[..f.layout.header.len()], &f.layout.header[..]);
+            let parsed = format::parse(Path::new(&f.name), &bytes).unwrap();
+            assert_eq!(parsed.tensors.len(), f.sources.len());
+            for ((t, src), h) in f.layout.tensors.iter().zip(&f.sources).zip(hashes) {
+                assert_eq!(
+                    &bytes[t.begin as usize..t.end as usize],
+                    src.data,
+                    "{}",
+                    t.name
+                );
+                assert_eq!(*h, checksum::hash(src.data), "checksum of {}", t.name);
+            }
+        }
+    }
 }

@@ -14,6 +14,7 @@ pub mod object;
 pub mod object_cleanup;
 pub mod object_client;
 pub mod object_parts;
+mod pieces;
 
 use std::path::{Path, PathBuf};
 
