@@ -3,12 +3,12 @@
 //!
 //! Why positional reads: `madvise(MADV_WILLNEED)` (and `readahead(2)`, `fadvise`)
 //! reads at most `max(read_ahead_kb, max_sectors_kb)` per call, 8 MiB here, and drops
-//! the rest of the range; calls in such pieces do read everything, but into small
-//! (one-page) folios, which read 2x slower here and make the later touch 10x slower
-//! than large folios (one fault maps 2 MiB). Large `preadv`s go through the kernel's
+//! the rest of the range; calls in such pieces do read everything, but 2x slower than
+//! `read()` here, and the later touch of what they cached is 10x slower (small folios,
+//! where a large one is mapped by one fault). Large `preadv`s go through the kernel's
 //! normal read-ahead, which allocates large folios: 2 threads, each reading half of the
 //! bytes front to back in 32 MiB calls, read as fast as the raw `pread` row of the
-//! benchmark (docs/ENGINE.md).
+//! benchmark (docs/ENGINE.md, "Cold loads").
 //!
 //! The bytes land in one 1 MiB buffer per thread, named repeatedly in the iovec
 //! array: the copy stays in the CPU cache, and the warm-up raises RSS by 2 MiB at
@@ -24,10 +24,10 @@ use std::sync::Arc;
 
 use crate::reader::Checkpoint;
 
-/// Reader threads: 2 beat 1, 3 and 4 on the 2-core test VM (more only add CPU).
+/// Reader threads: 2 beat 1 and 4 and matched 3 on the 2-core test VM (docs/ENGINE.md).
 pub const THREADS: usize = 2;
 /// Bytes per read call: one call puts this much in flight at once (the kernel splits it
-/// into device requests). 32 MiB beat 2, 8 and 16 MiB and matched 64 and 128 MiB.
+/// into device requests). 32 MiB beat 8 and 16 MiB and matched 64 and 128 MiB.
 pub const PIECE: u64 = 32 << 20;
 /// Per-thread buffer, repeated in the iovec array up to `PIECE` bytes.
 const BUFFER: usize = 1 << 20;
