@@ -89,7 +89,13 @@ pub fn warm(jobs: &[Job], threads: usize, keep_going: &(dyn Fn() -> bool + Sync)
     let ends: Vec<AtomicU64> = jobs.iter().map(|_| AtomicU64::new(u64::MAX)).collect();
     let read = AtomicU64::new(0);
     let worker = |t: usize| {
-        let mut buf = vec![0u8; BUFFER];
+        // A background thread must not abort the process on an allocation failure
+        // (an address-space limit): no buffer, no warm-up from this thread.
+        let mut buf = Vec::new();
+        if buf.try_reserve_exact(BUFFER).is_err() {
+            return;
+        }
+        buf.resize(BUFFER, 0u8);
         for s in (t..spans.len()).chain(0..t) {
             loop {
                 let i = cursors[s].fetch_add(1, Ordering::Relaxed);
