@@ -25,6 +25,7 @@ mod remote_load;
 mod save_plan;
 pub mod storage;
 pub mod transfer;
+pub mod warm;
 pub mod writer;
 
 #[cfg(feature = "python")]

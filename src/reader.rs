@@ -96,16 +96,6 @@ impl MappedFile {
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
     }
-
-    /// Asks the kernel to start reading `range` in (cold loads).
-    pub fn prefetch(&self, begin: usize, end: usize) {
-        let end = end.min(self.map.len());
-        if begin < end {
-            let _ = self
-                .map
-                .advise_range(memmap2::Advice::WillNeed, begin, end - begin);
-        }
-    }
 }
 
 /// One tensor of an open checkpoint.

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from _faults import run_python
 
-KINDS = ["save", "verify", "load_copy", "async_save"]
+KINDS = ["save", "verify", "load_copy", "async_save", "load"]
 
 CHILD = r"""
 import os, sys, threading, time, traceback
@@ -35,14 +35,14 @@ def do(kind, tag):
         ckptio.verify(target)
     elif kind == "verify":
         ckptio.verify(root / "base")
-    elif kind == "load_copy":
-        got = ckptio.load_state(root / "base", copy=True)
+    elif kind in ("load_copy", "load"):  # load: mapped, with its background warm-up
+        got = ckptio.load_state(root / "base", copy=kind == "load_copy")
         assert all(np.array_equal(got[k], v) for k, v in weights.items())
     elif kind == "async_save":
         ckptio.save_weights_for_sampler_async(target, weights).result()
         ckptio.verify(target)
 
-for k in ["save", "verify", "load_copy", "async_save"]:
+for k in ["save", "verify", "load_copy", "async_save", "load"]:
     do(k, "parent")
 
 busy = threading.Event()

@@ -212,7 +212,10 @@ class Checkpoint:
         """Reads tensors (by index in ``tensors()``) into writable, non-overlapping
         buffers with parallel positional reads, checking each tensor's checksum when
         ``verify``."""
-    def prefetch(self) -> None: ...
+    def prefetch(self, skip_groups: Sequence[str] = ...) -> None:
+        """Starts reading the tensor files (those holding a tensor of a group not in
+        ``skip_groups``) into the page cache on a background thread; returns at once.
+        Nothing for an object store."""
 
 @final
 class MappedFile:

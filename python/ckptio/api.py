@@ -185,11 +185,14 @@ def load_state(
     """
 
     def read() -> dict[str, Any]:
-        ckpt = Checkpoint(path, allow_foreign=True, storage_options=storage_options)
+        if copy:
+            ckpt = Checkpoint(path, allow_foreign=True, storage_options=storage_options)
+        else:  # mapped: warm the page cache in the background from the start
+            ckpt = Checkpoint._for_load(
+                path, allow_foreign=True, weights_only=True, storage_options=storage_options
+            )
         if verify:
             ckpt.verify()
-        if not copy:
-            ckpt.prefetch()
         return ckpt.weights(framework=framework, device=device, copy=copy)
 
     return _retry_replaced(read, path)
@@ -221,11 +224,14 @@ def load_state_with_optimizer(
     """
 
     def read() -> TrainingState:
-        ckpt = Checkpoint(path, storage_options=storage_options)
+        if copy:
+            ckpt = Checkpoint(path, storage_options=storage_options)
+        else:  # mapped: warm the page cache in the background from the start
+            ckpt = Checkpoint._for_load(
+                path, allow_foreign=False, weights_only=False, storage_options=storage_options
+            )
         if verify:
             ckpt.verify()
-        if not copy:
-            ckpt.prefetch()
         optimizer_state = ckpt.optimizer_state(framework=framework, device=device, copy=copy)
         weights = ckpt.weights(framework=framework, device=device, copy=copy)
         return TrainingState(weights, optimizer_state, ckpt.step, ckpt.metadata)

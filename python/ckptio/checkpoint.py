@@ -78,6 +78,24 @@ class Checkpoint(Mapping[str, Any]):
         self._attach(place, core)
 
     @classmethod
+    def _for_load(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        allow_foreign: bool,
+        weights_only: bool,
+        storage_options: Mapping[str, Any] | None,
+    ) -> Checkpoint:
+        """Opens a checkpoint to load it whole: the warm-up of ``prefetch`` starts right
+        after the core open, so its reads overlap building the index (docs/ENGINE.md)."""
+        place = as_location(path)
+        if isinstance(place, str):  # an object store: nothing is mapped, nothing to warm
+            return cls(place, storage_options=storage_options)
+        core = _open_core(place, allow_foreign)
+        core.prefetch([OPTIMIZER] if weights_only else [])
+        return cls._of(place, core)
+
+    @classmethod
     def _of(cls, path: Location, core: _core.Checkpoint) -> Checkpoint:
         """A Checkpoint over a core view opened by the caller (import opens plain
         safetensors files itself, and says so itself)."""
@@ -434,13 +452,17 @@ class Checkpoint(Mapping[str, Any]):
                 raise
             raise FormatError(f"{self.path}: invalid optimizer skeleton: {e}", file=self.path) from None
 
-    def prefetch(self) -> None:
-        """Starts reading every file in (helps cold loads); returns at once.
+    def prefetch(self, *, weights_only: bool = False) -> None:
+        """Starts reading the tensor files into the page cache on a background thread
+        (the files of the weights only, with ``weights_only``) and returns at once, so
+        that a cold load's first touches find their bytes there instead of each page
+        fault waiting for the disk. Parts already cached are skipped; nothing happens
+        for an object store (nothing is mapped). ``load_state`` calls it.
 
         Example:
             >>> _example().prefetch()
         """
-        self._core.prefetch()
+        self._core.prefetch([OPTIMIZER] if weights_only else [])
 
     def verify(self, *, threads: int | None = None) -> list[str]:
         """Hashes every tensor, header and side file; raises CorruptCheckpointError

@@ -219,16 +219,16 @@ impl PyCheckpoint {
         .into_py_result()
     }
 
-    /// Starts read-ahead of every tensor file (`madvise(WILLNEED)`).
-    fn prefetch(&self, py: Python<'_>) {
+    /// Starts reading the tensor files into the page cache on a background thread
+    /// (see `warm.rs`) and returns at once: every file that holds a tensor of a group
+    /// not in `skip_groups`. Nothing for an object store: its tensors are not mapped.
+    #[pyo3(signature = (skip_groups=Vec::new()))]
+    fn prefetch(&self, skip_groups: Vec<String>) {
         let Opened::Local(inner) = &self.inner else {
             return;
         };
-        py.detach(|| {
-            for f in &inner.files {
-                f.prefetch(0, f.len());
-            }
-        })
+        let files = crate::warm::files_except(inner, &skip_groups);
+        crate::warm::start(inner.clone(), files);
     }
 }
 
