@@ -97,7 +97,7 @@ def test_quick_run_json(quick_run: tuple[subprocess.CompletedProcess[str], Path]
         if row["operation"] != "open":
             assert row["gbps"] > 0
     numbers = {t["number"] for t in data["targets"]}
-    assert {str(n) for n in range(1, 13)} <= numbers and {"M1", "M3"} <= numbers
+    assert {str(n) for n in range(1, 17)} <= numbers and {"M1", "M3"} <= numbers
     assert all(t["met"] in (True, False, None) for t in data["targets"])
     assert len(data["measurements"]) == len(data["rows"])  # one run: one measurement each
     for m in data["measurements"]:
@@ -353,3 +353,32 @@ def test_bench_docstring_examples(name: str, tmp_path: Path, monkeypatch: pytest
     module = importlib.import_module(f"ckptio.bench.{name}")
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert result.failed == 0
+
+
+def test_issue_15_targets_judge_mapped_loads_and_small_tensor_rows() -> None:
+    """Targets 13-16 from synthetic rows: a fast copy=True row must not pass the mapped
+    cold-load targets, and each verdict follows its ratio."""
+    from ckptio.bench.summary import Row
+    from ckptio.bench.targets import evaluate
+
+    def row(w: str, lib: str, op: str, seconds: float) -> Row:
+        return Row(w, lib, op, 3, seconds, None, 0, 0)
+
+    rows = [
+        row("lora", "ckptio", "save", 0.010),
+        row("lora", "safetensors numpy", "save", 0.013),  # 1.3x: 13 met
+        row("lora", "raw write/read", "save", 0.009),  # 0.9x: 14 missed
+        row("lora", "ckptio", "open", 0.002),
+        row("lora", "safetensors numpy", "open", 0.003),
+        row("lora", "safetensors torch", "open", 0.0025),  # the faster one judges: 1.25x
+        row("llm", "ckptio", "open", 0.0012),  # 16 missed
+        row("llm", "ckptio", "load cold", 0.50),
+        row("llm", "ckptio copy=True", "load cold", 0.10),  # not the mapped default
+        row("llm", "raw write/read", "load cold", 0.40),
+    ]
+    checks = {(c.number, c.workload): c for c in evaluate(rows, {"llm": 1 << 30, "lora": 1 << 26})}
+    assert checks[("13", "lora")].met is True and "safetensors numpy" in checks[("13", "lora")].measured
+    assert checks[("14", "lora")].met is False
+    assert checks[("15", "lora")].met is True and checks[("15", "lora")].measured == "1.25x"
+    assert checks[("16", "llm")].met is False and checks[("16", "llm")].measured == "1.2 ms"
+    assert checks[("7", "llm")].met is False and checks[("7", "llm")].measured == "0.80x"

@@ -1,7 +1,8 @@
-"""The throughput targets of the engine (issue 5), judged from one run's rows.
+"""The throughput targets of the engine (issues 5 and 15), judged from one run's rows.
 
-Targets 1-8 and 12 are judged on every workload of the run, 9-11 on ``lora``. The
-memory bounds (M1-M3) are printed with them. A target whose rows are missing (a peer
+Targets 1-8 and 12 are judged on every workload of the run, 9-11 and 13-15 on
+``lora``, 16 on ``llm``. Loads are judged in the default mapped mode (``copy=True`` is
+a row of its own). The memory bounds (M1-M3) are printed with them. A target whose rows are missing (a peer
 not installed, an operation that failed) is listed as not measured, never as met.
 """
 
@@ -16,7 +17,7 @@ from .runners_ckptio import CkptioAsync, CkptioCopy
 from .summary import Row, find
 
 MIB = 1 << 20
-_CKPTIO_LOADERS = (REFERENCE, CkptioCopy.name)
+_SAFETENSORS = ("safetensors numpy", "safetensors torch")
 _NOT_PEERS = {REFERENCE, CkptioAsync.name, CkptioCopy.name, RAW}
 
 
@@ -57,11 +58,6 @@ def _check(
     return TargetCheck(number, workload, goal, text.format(value), value >= limit)
 
 
-def _best_ckptio(rows: list[Row], workload: str, op: str) -> Row | None:
-    found = [r for name in _CKPTIO_LOADERS if (r := find(rows, workload, name, op)) is not None]
-    return min(found, key=lambda r: r.seconds) if found else None
-
-
 def _peers(rows: list[Row], workload: str, op: str) -> list[Row]:
     return [r for r in rows if r.workload == workload and r.operation == op and r.library not in _NOT_PEERS]
 
@@ -94,15 +90,11 @@ def _per_workload(rows: list[Row], w: str, nbytes: int, first_saves: list[Measur
         )
     )
     opened = find(rows, w, ck, OPEN)
-    out.append(
-        TargetCheck("4", w, "open ≤ 5 ms", "not measured", None)
-        if opened is None
-        else TargetCheck("4", w, "open ≤ 5 ms", human_ms(opened.seconds), opened.seconds <= 0.005)
-    )
-    hot = _best_ckptio(rows, w, LOAD_HOT)
+    out.append(_open_within("4", w, opened, 0.005))
+    hot = find(rows, w, ck, LOAD_HOT)
     st_hot = find(rows, w, "safetensors torch", LOAD_HOT)
     out.append(_check("5", w, "hot load ≥ 1.0x safetensors torch", _ratio(hot, st_hot), 1.0, "{:.2f}x"))
-    cold = _best_ckptio(rows, w, LOAD_COLD)
+    cold = find(rows, w, ck, LOAD_COLD)
     value, peer = _vs_every_peer(rows, w, LOAD_COLD, cold)
     out.append(_check("6", w, "cold load ≥ 1.0x best peer", value, 1.0, "{:.2f}x " + f"(best peer: {peer})"))
     out.append(
@@ -110,6 +102,8 @@ def _per_workload(rows: list[Row], w: str, nbytes: int, first_saves: list[Measur
             "7", w, "cold load ≥ 0.9x raw read", _ratio(cold, find(rows, w, RAW, LOAD_COLD)), 0.9, "{:.2f}x"
         )
     )
+    if w == "llm":
+        out.append(_open_within("16", w, opened, 0.001))
     verify = find(rows, w, ck, VERIFY)
     out.append(_check("8", w, "verify (hot) ≥ 4 GB/s", verify.gbps if verify else None, 4.0, "{:.2f} GB/s"))
     for op, sync_row, label in ((SAVE_DURABLE, save_d, "durable, the default"), (SAVE, save, "page cache")):
@@ -166,7 +160,7 @@ def _memory_bounds(rows: list[Row], w: str, nbytes: int, first_saves: list[Measu
 
 def _lora(rows: list[Row]) -> list[TargetCheck]:
     w, ck = "lora", REFERENCE
-    save, hot = find(rows, w, ck, SAVE), _best_ckptio(rows, w, LOAD_HOT)
+    save, hot = find(rows, w, ck, SAVE), find(rows, w, ck, LOAD_HOT)
     st_save, st_hot = find(rows, w, "safetensors torch", SAVE), find(rows, w, "safetensors torch", LOAD_HOT)
     t_save, t_hot = find(rows, w, "torch.save/load", SAVE), find(rows, w, "torch.save/load", LOAD_HOT)
     out = [
@@ -177,7 +171,27 @@ def _lora(rows: list[Row]) -> list[TargetCheck]:
     both = None if None in ratios else min(r for r in ratios if r is not None)
     text = "{:.2f}x " + (f"(save {ratios[0]:.2f}x, load {ratios[1]:.2f}x)" if both is not None else "")
     out.append(_check("11", w, "lora save and load ≥ 4x torch.save/torch.load", both, 4.0, text))
+    value, peer = _vs_every_peer(rows, w, SAVE, save)
+    out.append(
+        _check("13", w, "lora save ≥ 1.2x fastest peer", value, 1.2, "{:.2f}x " + f"(fastest peer: {peer})")
+    )
+    out.append(
+        _check(
+            "14", w, "lora save ≥ 1.0x raw write()", _ratio(save, find(rows, w, RAW, SAVE)), 1.0, "{:.2f}x"
+        )
+    )
+    opened = find(rows, w, ck, OPEN)
+    st_opens = [r for name in _SAFETENSORS if (r := find(rows, w, name, OPEN)) is not None]
+    st_open = min(st_opens, key=lambda r: r.seconds) if st_opens else None
+    out.append(_check("15", w, "lora open ≤ 1.0x safetensors' open", _ratio(opened, st_open), 1.0, "{:.2f}x"))
     return out
+
+
+def _open_within(number: str, workload: str, opened: Row | None, limit: float) -> TargetCheck:
+    goal = f"open ≤ {human_ms(limit)}"
+    if opened is None:
+        return TargetCheck(number, workload, goal, "not measured", None)
+    return TargetCheck(number, workload, goal, human_ms(opened.seconds), opened.seconds <= limit)
 
 
 def evaluate(
@@ -195,5 +209,5 @@ def evaluate(
     checks = [c for w in workloads for c in _per_workload(rows, w, sizes[w], first_saves or [])]
     if "lora" in workloads:
         checks += _lora(rows)
-    order = [str(n) for n in range(1, 13)] + ["M1", "M2", "M3"]
+    order = [str(n) for n in range(1, 17)] + ["M1", "M2", "M3"]
     return sorted(checks, key=lambda c: (order.index(c.number), workloads.index(c.workload)))
