@@ -14,14 +14,17 @@ __all__ = [
     "Checkpoint",
     "MappedFile",
     "SaveOptions",
+    "SaveTensors",
     "cleanup",
     "copy",
     "copy_into",
     "delete_checkpoint",
     "describe_checkpoint",
+    "flatten_tree",
     "list_checkpoints",
     "open",
     "open_safetensors",
+    "plan_save",
     "save",
     "update_user_section",
     "verify_with_progress",
@@ -74,17 +77,70 @@ class SaveOptions:
     @property
     def storage_options(self) -> list[tuple[str, str]]: ...
 
+class _PlanHooks(Protocol):
+    """The Python side of ``plan_save`` for the uncommon arrays (``_tensors.PLAN_HOOKS``)."""
+
+    def as_saveable(self, name: Any, value: Any, /) -> tuple[str, tuple[int, ...], Any, int, Any, bool]: ...
+    def address(self, value: Any, /) -> int | None: ...
+    def storage_key(self, value: Any, /) -> Any: ...
+    def torch_dtype(self, dtype: Any, /) -> str | None: ...
+
+@final
+class SaveTensors:
+    """The tensors of one planned save, group by group (rows kept in Rust). Each row
+    keeps the caller's object; its memory is checked and held when ``save`` or
+    ``snapshot`` starts."""
+
+    @property
+    def nbytes(self) -> int:
+        """Tensor bytes the save writes."""
+    def staging_bytes(self) -> int:
+        """Size of the buffer ``snapshot`` needs (rows still in the caller's memory,
+        each rounded up to 64 bytes)."""
+    def snapshot(self, staging: Buffer, threads: int = 0) -> None:
+        """Copies every row still in the caller's memory into the writable buffer
+        ``staging`` (parallel, GIL released); those rows then read the copy."""
+    def hold_storages(self) -> None:
+        """Replaces each borrowed torch tensor by ``tensor.detach()`` (same storage), for
+        a write that runs later without a snapshot."""
+    def rows_info(self) -> list[tuple[str, str, str, list[int], int, bool]]:
+        """(group, name, dtype, shape, nbytes, borrowed) of every row, in write order."""
+    def __len__(self) -> int: ...
+
+def plan_save(
+    weights: Any,
+    optimizer_state: Any,
+    *,
+    weights_group: str,
+    weights_metadata: Sequence[tuple[str, str]],
+    optimizer_group: str | None = None,
+    max_depth: int,
+    hooks: _PlanHooks,
+) -> tuple[SaveTensors, str | None, list[tuple[str, str]], list[str], bool]:
+    """Plans a save's tensors with the GIL held once: walks the ``weights`` mapping
+    (tied weights folded) and, with ``optimizer_group``, flattens ``optimizer_state``
+    as ``_tree.flatten`` does. Returns (tensors, the optimizer skeleton as the JSON
+    text ``json.dumps`` makes of ``_tree.flatten``'s skeleton or None, aliases
+    [(alias, stored name)], the weights' names in order (only when there are aliases),
+    whether every stored weight is a torch tensor). Uncommon arrays go through
+    ``hooks``."""
+
+def flatten_tree(
+    tree: Any, prefix: str, *, max_depth: int, hooks: _PlanHooks
+) -> tuple[str, list[tuple[str, Any]]]:
+    """``_tree.flatten`` in Rust: (the skeleton as JSON text, [(tensor name, leaf), ...])."""
+
 def save(
     location: str | PathLike[str],
     kind: str,
-    groups: Sequence[_Group],
+    groups: SaveTensors | Sequence[_Group],
     user_json: str,
     options: SaveOptions,
     side_files: Sequence[tuple[str, bytes]] = ...,
 ) -> None:
     """Writes a checkpoint atomically at a path or an ``s3://`` URL; releases the GIL
-    while writing. ``side_files`` are (plain name, bytes) pairs saved whole,
-    checksummed."""
+    while writing. ``groups`` come from ``plan_save`` or are listed. ``side_files``
+    are (plain name, bytes) pairs saved whole, checksummed."""
 
 @final
 class Assembly:

@@ -1,62 +1,41 @@
-"""A save, prepared: arguments checked, tensors turned into byte views, the optimizer
-tree flattened, the manifest's user section encoded. ``write()`` hands it to the core;
-``snapshot()`` first copies the caller's memory aside (for async saves)."""
+"""A save, prepared: arguments checked, the tensors planned by the binding in one call
+(``_core.plan_save``: the weights walked, tied weights folded, the optimizer tree
+flattened, one row per tensor kept in Rust), the manifest's user section encoded.
+``write()`` hands it to the core; ``snapshot()`` first copies the caller's memory aside
+(for async saves). Python's work per save does not grow with the tensor count; only
+uncommon arrays (see ``_tensors.PLAN_HOOKS``) call back into Python, one call each."""
 
 from __future__ import annotations
 
 import json
 import os
 from collections.abc import Mapping
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
 from . import _core
-from ._gc import gc_paused
 from ._location import Location, as_location, storage_items
 from ._side_files import prepare_side_files
-from ._tensors import SameViews, as_saveable, is_torch_tensor
-from ._tree import flatten, int_json
+from ._tensors import PLAN_HOOKS
+from ._tree import MAX_DEPTH, int_json
 from .checkpoint import OPTIMIZER, WEIGHTS
 
 PathLike = str | os.PathLike[str]
-_ALIGN = 64  # staging slices start on cache lines
-
-
-class _Row(NamedTuple):
-    name: str
-    dtype: str
-    shape: tuple[int, ...]
-    data: Any  # a buffer or a CPU torch tensor (the binding checks and holds its memory)
-    nbytes: int
-    owner: Any
-    borrowed: bool  # still the caller's memory
-
-
-class _Rows(NamedTuple):
-    rows: list[_Row]
-    aliases: list[tuple[str, str]]  # (alias, stored name): tied weights
-    order: list[str]
-
-
-def _rows(items: Any, *, fold_tied: bool) -> _Rows:
-    rows: list[_Row] = []
-    aliases: list[tuple[str, str]] = []
-    order: list[str] = []
-    views = SameViews()
-    for name, value in items:
-        tied = views.find_or_add(value, name) if fold_tied and isinstance(name, str) else None
-        if tied is not None:  # tied weights: the same view of the same memory, store once
-            aliases.append((name, tied))
-        else:
-            rows.append(_Row(name, *as_saveable(name, value)))
-        order.append(name)
-    return _Rows(rows, aliases, order)
 
 
 def _user_section(
-    metadata: Any, step: Any, skeleton: Any, weights: _Rows, weights_group: str, extra: Mapping[str, Any]
+    metadata: Any,
+    step: Any,
+    skeleton_json: str | None,
+    planned: tuple[list[tuple[str, str]], list[str], bool],
+    weights_group: str,
+    extra: Mapping[str, Any],
 ) -> str:
+    """The manifest's user section as JSON text: the text ``json.dumps`` makes of
+    ``{"metadata": ..., "step": ..., "optimizer": skeleton, ...}``, with the skeleton's
+    text (already JSON, from the binding) put in place."""
+    aliases, order, all_torch = planned
     if step is not None:
         if isinstance(step, bool) or not hasattr(step, "__index__"):
             raise TypeError(f"step must be an int or None, got {type(step).__name__}")
@@ -65,16 +44,21 @@ def _user_section(
         meta_json = json.dumps(metadata, allow_nan=False)
     except (TypeError, ValueError) as e:
         raise type(e)(f"metadata must be JSON-serializable (no NaN/inf): {e}") from None
-    section: dict[str, Any] = {"step": step, "optimizer": skeleton}
-    if weights.rows and all(is_torch_tensor(r.owner) for r in weights.rows):
-        section["framework"] = "torch"  # loads default to what was saved
-    if weights.aliases:
-        section["aliases"] = weights.aliases
-        section["order"] = weights.order
+    rest: dict[str, Any] = {}
+    if all_torch:
+        rest["framework"] = "torch"  # loads default to what was saved
+    if aliases:
+        rest["aliases"] = aliases
+        rest["order"] = order
     if weights_group != WEIGHTS:  # e.g. adapter_model.safetensors for PEFT
-        section["weights_group"] = weights_group
-    section.update(extra)
-    return '{"metadata":' + meta_json + "," + json.dumps(section, allow_nan=False)[1:]
+        rest["weights_group"] = weights_group
+    if "step" in extra or "optimizer" in extra:
+        raise ValueError("extra_user may not set 'step' or 'optimizer'")
+    rest.update(extra)
+    tail = json.dumps(rest, allow_nan=False)[1:]  # '}' or '"key": ..., ...}'
+    optimizer = "null" if skeleton_json is None else skeleton_json
+    head = '{"metadata":' + meta_json + ',"step": ' + json.dumps(step) + ', "optimizer": ' + optimizer
+    return head + (tail if tail == "}" else ", " + tail)
 
 
 def save_options(
@@ -143,44 +127,36 @@ class SavePlan:
         if weights_group == OPTIMIZER:
             raise ValueError(f"the weights cannot be stored as group {OPTIMIZER!r}")
         self.side_files = prepare_side_files(extra_files)
-        with gc_paused():
-            folded = _rows(weights.items(), fold_tied=True)
-            self.groups: list[tuple[str, list[_Row], list[tuple[str, str]]]] = [
-                (weights_group, folded.rows, [("format", "pt")])
-            ]
-            skeleton = None
-            if kind == "state":
-                skeleton, arrays = flatten(optimizer_state)
-                self.groups.append((OPTIMIZER, _rows(arrays, fold_tied=False).rows, []))
-        self.user_json = _user_section(metadata, step, skeleton, folded, weights_group, extra_user or {})
+        self.tensors, skeleton_json, aliases, order, all_torch = _core.plan_save(
+            weights,
+            optimizer_state,
+            weights_group=weights_group,
+            weights_metadata=[("format", "pt")],
+            optimizer_group=OPTIMIZER if kind == "state" else None,
+            max_depth=MAX_DEPTH,
+            hooks=PLAN_HOOKS,
+        )
+        self.user_json = _user_section(
+            metadata, step, skeleton_json, (aliases, order, all_torch), weights_group, extra_user or {}
+        )
 
     @property
     def nbytes(self) -> int:
         """Tensor bytes this save writes."""
-        return sum(r.nbytes for _, rows, _ in self.groups for r in rows)
+        return self.tensors.nbytes
 
     def staging_bytes(self) -> int:
         """Size of the staging buffer ``snapshot`` needs."""
-        return sum(-(-r.nbytes // _ALIGN) * _ALIGN for _, rows, _ in self.groups for r in rows if r.borrowed)
+        return self.tensors.staging_bytes()
 
     def snapshot(self, staging: np.ndarray | None = None) -> np.ndarray:
         """Copies every tensor still in the caller's memory into one staging buffer
         (parallel, GIL released), so the caller may change its tensors at once.
         Reuses ``staging`` when it is large enough; returns the buffer used."""
-        need = self.staging_bytes()
+        need = self.tensors.staging_bytes()
         if staging is None or len(staging) < need:
             staging = np.empty(need, np.uint8)
-        pairs, names, offset = [], [], 0
-        for _, rows, _ in self.groups:
-            for i, row in enumerate(rows):
-                if row.borrowed:
-                    n = row.nbytes
-                    copy = staging[offset : offset + n]
-                    pairs.append((row.data, copy))
-                    names.append(row.name)
-                    rows[i] = row._replace(data=copy, owner=staging, borrowed=False)
-                    offset += -(-n // _ALIGN) * _ALIGN
-        _core.copy_into(pairs, self.threads, names=names)
+        self.tensors.snapshot(staging, self.threads)
         return staging
 
     def hold_storages(self) -> None:
@@ -188,17 +164,14 @@ class SavePlan:
         replaced by a new tensor over the same storage, so a caller who then rebinds
         ``p.data`` neither frees the memory the write reads nor changes what it saves.
         (The binding checks each storage again when the write starts.)"""
-        for _, rows, _ in self.groups:
-            for i, row in enumerate(rows):
-                if row.borrowed and is_torch_tensor(row.data):
-                    rows[i] = row._replace(data=row.data.detach())
+        self.tensors.hold_storages()
 
     def write(self) -> Location:
         """Writes and commits the checkpoint (GIL released inside the core)."""
         _core.save(
             os.fspath(self.path),
             self.kind,
-            [(name, [r[:4] for r in rows], meta) for name, rows, meta in self.groups],
+            self.tensors,
             self.user_json,
             self.options,
             side_files=self.side_files,

@@ -9,6 +9,7 @@ device (CUDA) tensors are copied first.
 from __future__ import annotations
 
 import sys
+from types import SimpleNamespace
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -101,8 +102,15 @@ def _torch(name: str, t: Any) -> Saveable:
     return Saveable(st, tuple(t.shape), t, t.nbytes, t, False)
 
 
-def _address(value: Any) -> int | None:
-    """Where a tensor's data starts; None for empty tensors, whose pointer means nothing."""
+def address(value: Any) -> int | None:
+    """Where a tensor's data starts; None for empty tensors, whose pointer means nothing,
+    and for anything that is not an array or tensor.
+
+    Example:
+        >>> a = np.arange(4.0)
+        >>> address(a[1:]) - address(a), address(np.zeros(0)), address(3)
+        (8, None, None)
+    """
     if is_torch_tensor(value):
         return int(value.data_ptr()) if value.numel() else None
     if isinstance(value, np.ndarray) and value.size:
@@ -122,13 +130,13 @@ def storage_key(value: Any) -> tuple[Any, ...] | None:
         >>> storage_key(a) == storage_key(a[:]), storage_key(a) == storage_key(a.copy())
         (True, False)
     """
-    address = _address(value)
-    if address is None:
+    start = address(value)
+    if start is None:
         return None
     if isinstance(value, np.ndarray):
-        return ("numpy", address, value.dtype.str, value.shape, value.strides)
+        return ("numpy", start, value.dtype.str, value.shape, value.strides)
     return (
-        "torch", address, value.dtype, tuple(value.shape), value.stride(), value.storage_offset(),
+        "torch", start, value.dtype, tuple(value.shape), value.stride(), value.storage_offset(),
         value.is_conj(), value.is_neg(), value.device,
     )  # fmt: skip
 
@@ -150,10 +158,10 @@ class SameViews:
     def find_or_add(self, value: Any, name: str) -> str | None:
         """The name of an earlier tensor that is the same view as ``value``; else
         remembers ``value`` under ``name`` and returns None."""
-        address = _address(value)
-        if address is None:
+        start = address(value)
+        if start is None:
             return None
-        seen = self._at.setdefault(address, [])
+        seen = self._at.setdefault(start, [])
         if seen:
             key = storage_key(value)
             for other, other_name in seen:
@@ -174,3 +182,10 @@ def as_saveable(name: str, value: Any) -> Saveable:
     if is_torch_tensor(value):
         return _torch(name, value)
     raise TypeError(f"tensor {name!r}: expected a numpy array or torch tensor, got {type(value).__name__}")
+
+
+#: What the binding's save planner (``_core.plan_save``) calls for the arrays it does
+#: not read itself, and to compare arrays that start at the same address.
+PLAN_HOOKS = SimpleNamespace(
+    as_saveable=as_saveable, address=address, storage_key=storage_key, torch_dtype=torch_to_st
+)

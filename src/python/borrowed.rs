@@ -29,6 +29,18 @@ pub(crate) struct Held {
     pub span: Span,
 }
 
+impl Held {
+    /// The `len` bytes at `offset` inside this memory, or None if they do not fit. The
+    /// part owns nothing: `self` must outlive it.
+    pub(crate) fn part(&self, offset: usize, len: usize) -> Option<Held> {
+        let end = offset.checked_add(len)?;
+        (end <= self.span.1).then(|| Held {
+            _owner: Owner::Nothing,
+            span: (self.span.0 + offset, len),
+        })
+    }
+}
+
 enum Owner {
     Buffer(#[allow(dead_code)] PyUntypedBuffer),
     TorchStorage(#[allow(dead_code)] Py<PyAny>),
@@ -145,7 +157,7 @@ impl Drop for GcPaused<'_> {
     }
 }
 
-fn is_instance(obj: &Bound<'_, PyAny>, ty: &Bound<'_, PyType>) -> bool {
+pub(crate) fn is_instance(obj: &Bound<'_, PyAny>, ty: &Bound<'_, PyType>) -> bool {
     // SAFETY: both pointers are live type objects. A true subtype check: unlike
     // isinstance(), a `__class__` property or `__instancecheck__` cannot fake it.
     unsafe { ffi::PyType_IsSubtype(obj.get_type_ptr(), ty.as_type_ptr()) != 0 }

@@ -1,12 +1,16 @@
 //! The PyO3 binding layer: converts Python objects to core types and back, releases
 //! the GIL around every byte-moving call, and maps errors (in `errors.rs` only).
 
+mod arrays;
 mod borrowed;
 mod checkpoint;
 mod errors;
+mod flatten;
 mod foreign;
 mod lifecycle;
 mod parts;
+mod planned;
+mod skeleton_json;
 
 use std::path::PathBuf;
 
@@ -18,6 +22,7 @@ use crate::{writer, Dtype, Kind, Location, StorageOptions};
 use borrowed::{Held, Sources};
 use checkpoint::{PyCheckpoint, PyMappedFile};
 use errors::{path_object, IntoPyResult};
+use planned::PySaveTensors;
 
 /// (name, dtype, shape, source) as passed from Python: the source exports a buffer or
 /// is a CPU torch tensor (checked in `borrowed.rs`).
@@ -50,7 +55,8 @@ impl OwnedGroup {
                     name: &t.name,
                     dtype: t.dtype,
                     shape: &t.shape,
-                    // SAFETY: the sources are held as long as `self` lives.
+                    // SAFETY: the sources are held as long as `self` lives (a staged row's
+                    // by the staging buffer of the `HeldSave` that owns `self`).
                     data: unsafe { borrowed::slice(t.data.span) },
                 })
                 .collect(),
@@ -191,14 +197,15 @@ pub(crate) fn storage_options(options: Option<Vec<(String, String)>>) -> Storage
     }
 }
 
-/// Saves a checkpoint; see `_core.pyi`.
+/// Saves a checkpoint; see `_core.pyi`. `groups` is a `SaveTensors` from `plan_save`,
+/// or a list of (group name, [(name, dtype, shape, source)], header metadata).
 #[pyfunction]
 #[pyo3(signature = (location, kind, groups, user_json, options, side_files=Vec::new()))]
 fn save(
     py: Python<'_>,
     location: PathBuf,
     kind: &str,
-    groups: Vec<PyGroup<'_>>,
+    groups: &Bound<'_, PyAny>,
     user_json: &str,
     options: PyRef<'_, PySaveOptions>,
     side_files: Vec<(String, Bound<'_, PyBytes>)>,
@@ -208,7 +215,10 @@ fn save(
         .ok_or_else(|| PyValueError::new_err(format!("unknown checkpoint kind {kind:?}")))?;
     let user = serde_json::value::RawValue::from_string(user_json.to_owned())
         .map_err(|e| PyValueError::new_err(format!("user_json: {e}")))?;
-    let owned = take_sources(py, groups)?;
+    let owned = match groups.cast::<PySaveTensors>() {
+        Ok(planned) => planned.borrow().hold(py)?,
+        Err(_) => planned::HeldSave::from_groups(take_sources(py, groups.extract()?)?),
+    };
     // Side files are small: copied, so the write needs no Python object.
     let side_files: Vec<(String, Vec<u8>)> = side_files
         .into_iter()
@@ -216,7 +226,8 @@ fn save(
         .collect();
     let opts = options.inner.clone();
     py.detach(|| {
-        let groups: Vec<writer::GroupSource> = owned.iter().map(OwnedGroup::source).collect();
+        let groups: Vec<writer::GroupSource> =
+            owned.groups.iter().map(OwnedGroup::source).collect();
         let side_files: Vec<writer::SideFile> = side_files
             .iter()
             .map(|(name, data)| writer::SideFile { name, data })
@@ -355,6 +366,9 @@ fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(cleanup, m)?)?;
     m.add_function(wrap_pyfunction!(copy_into, m)?)?;
     m.add_function(wrap_pyfunction!(copy, m)?)?;
+    m.add_function(wrap_pyfunction!(planned::plan_save, m)?)?;
+    m.add_function(wrap_pyfunction!(planned::flatten_tree, m)?)?;
+    m.add_class::<PySaveTensors>()?;
     foreign::register(m)?;
     lifecycle::register(m)?;
     parts::register(m)?;
