@@ -4,6 +4,7 @@
 //! `plan` lays a file out; `parse` validates a file's header completely before any of
 //! its tensor bytes are touched or any allocation sized by the file is made.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::fmt;
 use std::path::Path;
@@ -64,6 +65,16 @@ pub struct ParsedHeader {
 #[serde(deny_unknown_fields)]
 struct HeaderEntry {
     dtype: String,
+    shape: Vec<u64>,
+    data_offsets: [u64; 2],
+}
+
+/// A header entry as read: strings borrowed from the header unless escaped.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HeaderEntryIn<'a> {
+    #[serde(borrow)]
+    dtype: Cow<'a, str>,
     shape: Vec<u64>,
     data_offsets: [u64; 2],
 }
@@ -190,7 +201,9 @@ pub fn parse_header(file: &Path, bytes: &[u8], file_len: u64) -> Result<ParsedHe
     // Raw values: every object is read once, as text, by a parser that rejects
     // duplicate keys at both levels (a reader that kept the first of two keys and one
     // that kept the last would see different files) and never recurses.
-    let entries: UniqueMap<Box<RawValue>> = serde_json::from_slice(json)
+    // Keys and values borrowed from the header: the only allocations per tensor are
+    // its name and shape in the result.
+    let entries: UniqueEntries<&RawValue> = serde_json::from_slice(json)
         .map_err(|e| Error::format(file, format!("invalid JSON header: {e}")))?;
 
     let mut metadata = Vec::new();
@@ -206,7 +219,7 @@ pub fn parse_header(file: &Path, bytes: &[u8], file_len: u64) -> Result<ParsedHe
             metadata = meta.0;
             continue;
         }
-        let entry: HeaderEntry = serde_json::from_str(value.get()).map_err(|e| {
+        let entry: HeaderEntryIn = serde_json::from_str(value.get()).map_err(|e| {
             Error::format(file, format!("tensor {name:?}: invalid header entry: {e}"))
         })?;
         let dtype = Dtype::parse(&entry.dtype).ok_or_else(|| {
@@ -240,7 +253,7 @@ pub fn parse_header(file: &Path, bytes: &[u8], file_len: u64) -> Result<ParsedHe
             }
         };
         tensors.push(TensorLayout {
-            name,
+            name: name.into_owned(),
             dtype,
             shape: entry.shape,
             begin,
@@ -321,6 +334,42 @@ impl<'de, V: Deserialize<'de>> Deserialize<'de> for UniqueMap<V> {
                     out.push((key, map.next_value()?));
                 }
                 Ok(UniqueMap(out))
+            }
+        }
+        d.deserialize_map(MapVisitor(std::marker::PhantomData))
+    }
+}
+
+/// A JSON object's entries in order, keys borrowed from the input unless escaped,
+/// rejecting duplicate keys like [`UniqueMap`].
+struct UniqueEntries<'de, V>(Vec<(Cow<'de, str>, V)>);
+
+/// An object key, borrowed unless it has escapes.
+#[derive(Deserialize)]
+struct Key<'a>(#[serde(borrow)] Cow<'a, str>);
+
+impl<'de, V: Deserialize<'de>> Deserialize<'de> for UniqueEntries<'de, V> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct MapVisitor<'de, V>(std::marker::PhantomData<(&'de (), V)>);
+        impl<'de, V: Deserialize<'de>> Visitor<'de> for MapVisitor<'de, V> {
+            type Value = UniqueEntries<'de, V>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<Self::Value, A::Error> {
+                // A borrowed key's clone is a pointer copy.
+                let mut seen = HashSet::new();
+                let mut out = Vec::new();
+                while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+                    if !seen.insert(key.clone()) {
+                        return Err(serde::de::Error::custom(format!("duplicate key {key:?}")));
+                    }
+                    out.push((key, map.next_value()?));
+                }
+                Ok(UniqueEntries(out))
             }
         }
         d.deserialize_map(MapVisitor(std::marker::PhantomData))

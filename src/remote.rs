@@ -202,7 +202,7 @@ async fn open_manifest(
         .map(|(i, f)| (f.name.as_str(), i))
         .collect();
     let paths: Vec<&Path> = files.iter().map(|f| f.path.as_path()).collect();
-    let tensors = index_tensors(&manifest, &headers, &paths, &file_index)?;
+    let tensors = index_tensors(&manifest, headers, &paths, &file_index)?;
     Ok(RemoteCheckpoint {
         url: url.clone(),
         manifest,

@@ -261,6 +261,18 @@ class Checkpoint:
         """A side file's bytes, checked against its size and checksum."""
     def tensors(self) -> list[tuple[str, str, str, list[int], int, int, int]]:
         """(group, name, dtype, shape, file index, begin, end), in save order."""
+    def lookup(self, group: str, name: str) -> tuple[int, str, tuple[int, ...], int, int, int] | None:
+        """(index in ``tensors()``, dtype, shape, file index, begin, end) of one tensor,
+        or None."""
+    def names(self, group: str) -> list[str]:
+        """The names of the tensors of ``group``, in save order."""
+    def groups(self) -> list[str]:
+        """The groups that hold tensors, in order of first appearance."""
+    @property
+    def tensor_count(self) -> int: ...
+    def user_field(self, key: str) -> str | None:
+        """The JSON text of a top-level key of the user section, or None; ValueError if
+        the section is not a JSON object."""
     def file(self, index: int) -> MappedFile: ...
     def verify(self, threads: int = 0) -> list[str]:
         """Checks every byte; returns the directory entries the manifest does not list."""

@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from . import _core
-from ._dcp_index import DcpIndex, GlobalTensor, Shard
+from ._dcp_index import SECTION, DcpIndex, GlobalTensor, Shard
 from ._dcp_index import parse as parse_dcp
 from ._dtypes import ITEMSIZE, st_to_numpy, st_to_torch
 from ._gc import gc_paused
@@ -104,53 +104,82 @@ class Checkpoint(Mapping[str, Any]):
         return self
 
     def _attach(self, path: Location, core: _core.Checkpoint) -> None:
+        # The index stays in the core (``lookup``): nothing here is per tensor except
+        # the weight names, so opening costs the same whatever the optimizer holds.
         self.path = path
         self._core = core
-        try:
-            self._user = json.loads(self._core.user_json)
-            if not isinstance(self._user, dict):
-                raise TypeError("not an object")
-        except (ValueError, TypeError) as e:
-            raise FormatError(f"{self.path}: invalid user section in manifest: {e}", file=self.path) from None
-        names = self._core.file_names
-        stored_as = self._weights_group()
-        self._infos: dict[tuple[str, str], tuple[TensorInfo, int, int, int, int]] = {}
-        with gc_paused():
-            for index, (stored, name, dtype, shape, fi, begin, end) in enumerate(self._core.tensors()):
-                # "model" names the weights, whatever file stem they are stored under.
-                group = WEIGHTS if stored == stored_as else stored
-                if stored == WEIGHTS != stored_as:
-                    raise FormatError(f"{self.path}: two groups of weights in the manifest", file=self.path)
-                info = TensorInfo(name, group, dtype, shape, end - begin, names[fi])
-                self._infos[(group, name)] = (info, fi, begin, end, index)
+        self._user: dict[str, Any] = {}  # top-level user fields parsed so far
+        self._files = core.file_names
+        self._stored_as = self._weights_group()
+        if self._stored_as != WEIGHTS and WEIGHTS in core.groups():
+            raise FormatError(f"{self.path}: two groups of weights in the manifest", file=self.path)
         self._dcp: DcpIndex | None = None
-        if self._core.kind == "dcp":  # torch.distributed.checkpoint: global tensors from shards
-            self._dcp = parse_dcp(self._user, {k: v[0] for k, v in self._infos.items()}, self.path)
+        if core.kind == "dcp":  # torch.distributed.checkpoint: global tensors from shards
+            records = {(i.group, i.name): i for i in self.tensors}
+            self._dcp = parse_dcp({SECTION: self._user_field(SECTION)}, records, self.path)
             self._aliases, self._weight_names = {}, list(self._dcp.tensors)
         else:
             self._aliases, self._weight_names = self._read_aliases()
         self._bytes: dict[int, np.ndarray] = {}
 
+    def _user_field(self, key: str) -> Any:
+        """A top-level value of the manifest's user section (None if absent), parsed on
+        first use: the optimizer skeleton, most of the section, only when loaded."""
+        try:
+            return self._user[key]
+        except KeyError:
+            pass
+        try:
+            text = self._core.user_field(key)
+            value = self._user[key] = None if text is None else json.loads(text)
+        except ValueError as e:
+            raise FormatError(f"{self.path}: invalid user section in manifest: {e}", file=self.path) from None
+        return value
+
     def _weights_group(self) -> str:
         """The group (file stem) holding the weights: ``model`` unless the save chose
         another (``adapter_model`` for a PEFT adapter)."""
-        group = self._user.get("weights_group", WEIGHTS)
+        group = self._user_field("weights_group")
+        group = WEIGHTS if group is None else group
         if not isinstance(group, str) or group == OPTIMIZER:
             raise FormatError(f"{self.path}: invalid weights_group in manifest", file=self.path)
         return group
 
+    def _stored_group(self, group: str) -> str | None:
+        """The group a tensor of ``group`` is stored under (None: no such group)."""
+        if group == WEIGHTS:
+            return self._stored_as
+        return None if group == self._stored_as else group
+
+    def _record(self, group: str, name: str) -> tuple[TensorInfo, int, int, int, int]:
+        """(info, file index, begin, end, index in ``tensors()``) of one stored tensor;
+        KeyError if there is none."""
+        stored = self._stored_group(group)
+        hit = None if stored is None or not isinstance(name, str) else self._core.lookup(stored, name)
+        if hit is None:
+            raise KeyError(f"no tensor {name!r} in {group!r} of {self.path}")
+        index, dtype, shape, fi, begin, end = hit
+        return TensorInfo(name, group, dtype, shape, end - begin, self._files[fi]), fi, begin, end, index
+
+    def _has(self, group: str, name: object) -> bool:
+        stored = self._stored_group(group)
+        return stored is not None and isinstance(name, str) and self._core.lookup(stored, name) is not None
+
     def _read_aliases(self) -> tuple[dict[str, str], list[str]]:
         """Tied weights: names saved as another entry's storage, and the full order."""
-        stored = [n for g, n in self._infos if g == WEIGHTS]
-        raw_aliases = self._user.get("aliases") or []
+        stored = self._core.names(self._stored_as)
+        raw_aliases = self._user_field("aliases") or []
+        raw_order = self._user_field("order")
+        if not raw_aliases and not raw_order:
+            return {}, stored
         try:
             aliases = {str(a): str(t) for a, t in raw_aliases}
-            order = [str(n) for n in self._user.get("order") or stored]
+            order = [str(n) for n in raw_order or stored]
         except (TypeError, ValueError):
             raise FormatError(f"{self.path}: invalid aliases in manifest", file=self.path) from None
-        if any(
-            (WEIGHTS, t) not in self._infos or (WEIGHTS, a) in self._infos for a, t in aliases.items()
-        ) or sorted(order) != sorted([*stored, *aliases]):
+        if any(not self._has(WEIGHTS, t) or self._has(WEIGHTS, a) for a, t in aliases.items()) or sorted(
+            order
+        ) != sorted([*stored, *aliases]):
             raise FormatError(f"{self.path}: aliases/order disagree with the tensor index", file=self.path)
         return aliases, order
 
@@ -175,12 +204,12 @@ class Checkpoint(Mapping[str, Any]):
     @property
     def metadata(self) -> Any:
         """The user metadata saved with the checkpoint (any JSON), or None."""
-        return self._user.get("metadata")
+        return self._user_field("metadata")
 
     @property
     def step(self) -> int | None:
         """The training step given to ``save_state``, or None."""
-        step = self._user.get("step")
+        step = self._user_field("step")
         try:
             return None if step is None else int_from_json(step)
         except ValueError:
@@ -192,7 +221,7 @@ class Checkpoint(Mapping[str, Any]):
         what loads return unless told otherwise. (Safetensors files read without a
         manifest: ``"torch"`` if their metadata says ``format: pt`` and torch is
         installed.)"""
-        if self._user.get("framework") == "torch":
+        if self._user_field("framework") == "torch":
             return "torch"
         if not self.checksummed and isinstance(self.metadata, dict) and self.metadata.get("format") == "pt":
             return "torch" if importlib.util.find_spec("torch") is not None else "numpy"
@@ -252,7 +281,11 @@ class Checkpoint(Mapping[str, Any]):
     @property
     def tensors(self) -> list[TensorInfo]:
         """Every stored tensor (weights, then optimizer), in save order."""
-        return [entry[0] for entry in self._infos.values()]
+        files, weights = self._files, self._stored_as
+        return [
+            TensorInfo(name, WEIGHTS if stored == weights else stored, dtype, shape, end - begin, files[fi])
+            for stored, name, dtype, shape, fi, begin, end in self._core.tensors()
+        ]
 
     def shards(self, name: str) -> list[Shard]:
         """The stored chunks of a global tensor of a DCP checkpoint: offsets and sizes
@@ -294,10 +327,7 @@ class Checkpoint(Mapping[str, Any]):
             return TensorInfo(name, WEIGHTS, t.dtype, t.shape, nbytes, t.shards[0].file if t.shards else "")
         if group == WEIGHTS and name in self._aliases:
             return self.info(self._aliases[name])._replace(name=name)
-        try:
-            return self._infos[(group, name)][0]
-        except KeyError:
-            raise KeyError(f"no tensor {name!r} in {group!r} of {self.path}") from None
+        return self._record(group, name)[0]
 
     # -- data --------------------------------------------------------------------
     def _file_bytes(self, fi: int) -> np.ndarray:
@@ -323,20 +353,17 @@ class Checkpoint(Mapping[str, Any]):
             return t.numpy() if framework == "numpy" else t
         if group == WEIGHTS:
             name = self._aliases.get(name, name)
-        try:
-            info, fi, begin, end, _ = self._infos[(group, name)]
-        except KeyError:
-            raise KeyError(f"no tensor {name!r} in {group!r} of {self.path}") from None
+        info, fi, begin, end, _ = self._record(group, name)
         framework = framework or self.framework
         if not self._core.mapped:  # an object store: one checksummed ranged read
             return self._read_copies(group, [(name, framework)], device)[name]
-        raw = self._file_bytes(fi)[begin:end]
         if framework == "numpy":
             if device is not None:
                 raise ValueError("device= needs framework='torch'")
-            return raw.view(st_to_numpy(info.dtype)).reshape(info.shape)
+            # One constructor call: a third of the cost of slice, view and reshape.
+            return np.ndarray(info.shape, st_to_numpy(info.dtype), self._file_bytes(fi), begin)
         if framework == "torch":
-            return _torch_view(raw, info, device)
+            return _torch_view(self._file_bytes(fi)[begin:end], info, device)
         raise ValueError(f"framework must be 'numpy' or 'torch', got {framework!r}")
 
     def __getitem__(self, name: str) -> Any:
@@ -351,7 +378,7 @@ class Checkpoint(Mapping[str, Any]):
     def __contains__(self, name: object) -> bool:
         if self._dcp is not None:
             return name in self._dcp.tensors
-        return (WEIGHTS, name) in self._infos or name in self._aliases
+        return self._has(WEIGHTS, name) or name in self._aliases
 
     def weights(
         self, *, framework: str | None = None, device: Any = None, copy: bool = False
@@ -386,7 +413,7 @@ class Checkpoint(Mapping[str, Any]):
         out: dict[str, Any] = {}
         jobs = []
         for name, framework in wanted:
-            info, _, _, _, index = self._infos[(group, name)]
+            info, _, _, _, index = self._record(group, name)
             if framework == "numpy":
                 if device is not None and group == WEIGHTS:
                     raise ValueError("device= needs framework='torch'")
@@ -426,7 +453,7 @@ class Checkpoint(Mapping[str, Any]):
                 "Save it with save_state() to resume training."
             )
 
-        skeleton = self._user.get("optimizer")
+        skeleton = self._user_field("optimizer")
 
         def framework_of(tag: str) -> str:
             return framework or ("torch" if tag == "torch" else "numpy")
@@ -493,7 +520,7 @@ class Checkpoint(Mapping[str, Any]):
         self.close()
 
     def __repr__(self) -> str:
-        return f"<ckptio.Checkpoint {self.kind} {str(self.path)!r}: {len(self._infos)} tensors>"
+        return f"<ckptio.Checkpoint {self.kind} {str(self.path)!r}: {self._core.tensor_count} tensors>"
 
 
 def _open_core(path: Path, allow_foreign: bool) -> _core.Checkpoint:

@@ -2,12 +2,14 @@
 //! the buffer protocol so numpy and torch wrap the mapping without a copy.
 
 use std::os::raw::c_int;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use pyo3::exceptions::{PyIndexError, PyValueError};
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyTuple};
+use serde::de::{Deserializer, MapAccess, Visitor};
+use serde_json::value::RawValue;
 
 use super::borrowed;
 use super::errors::IntoPyResult;
@@ -18,6 +20,12 @@ use crate::remote::RemoteCheckpoint;
 #[pyclass(frozen, name = "Checkpoint", module = "ckptio._core")]
 pub struct PyCheckpoint {
     inner: Opened,
+    /// Tensor indices sorted by (group, name), for `lookup`: built on the first lookup,
+    /// so opening and listing names never pay for it.
+    by_name: OnceLock<Vec<u32>>,
+    /// The user section's top-level keys and the byte range of each value's JSON text
+    /// (the last of a repeated key, as Python's `json` keeps); parsed on first access.
+    user_fields: OnceLock<std::result::Result<UserFields, String>>,
 }
 
 /// A local checkpoint (mapped files) or one in an object store (read by ranges).
@@ -28,15 +36,31 @@ enum Opened {
 
 impl PyCheckpoint {
     pub fn new(inner: Checkpoint) -> Self {
-        PyCheckpoint {
-            inner: Opened::Local(Arc::new(inner)),
-        }
+        Self::of(Opened::Local(Arc::new(inner)))
     }
 
     pub fn remote(inner: RemoteCheckpoint) -> Self {
+        Self::of(Opened::Remote(Arc::new(inner)))
+    }
+
+    fn of(inner: Opened) -> Self {
         PyCheckpoint {
-            inner: Opened::Remote(Arc::new(inner)),
+            inner,
+            by_name: OnceLock::new(),
+            user_fields: OnceLock::new(),
         }
+    }
+
+    fn by_name(&self) -> &[u32] {
+        self.by_name.get_or_init(|| {
+            let infos = self.tensor_infos();
+            let mut order: Vec<u32> = (0..infos.len() as u32).collect();
+            order.sort_unstable_by(|&a, &b| {
+                let (a, b) = (&infos[a as usize], &infos[b as usize]);
+                (a.group.as_str(), a.name.as_str()).cmp(&(b.group.as_str(), b.name.as_str()))
+            });
+            order
+        })
     }
 
     fn manifest(&self) -> &Manifest {
@@ -62,6 +86,39 @@ impl PyCheckpoint {
             ))),
         }
     }
+}
+
+/// Top-level keys of a JSON object, with the byte range of each value's text.
+type UserFields = Vec<(String, (usize, usize))>;
+
+type TensorHit<'py> = (usize, &'static str, Bound<'py, PyTuple>, usize, u64, u64);
+
+/// The top-level entries of a JSON object (`text`), as (key, byte range of the value's
+/// text in `text`). The values are borrowed raw JSON: scanned, never built.
+fn top_level_fields(text: &str) -> std::result::Result<UserFields, String> {
+    struct Fields<'a>(&'a str);
+    impl<'de> Visitor<'de> for Fields<'de> {
+        type Value = UserFields;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> std::result::Result<Self::Value, A::Error> {
+            let base = self.0.as_ptr() as usize;
+            let mut out = Vec::new();
+            while let Some(key) = map.next_key::<String>()? {
+                let value: &'de RawValue = map.next_value()?;
+                let begin = value.get().as_ptr() as usize - base;
+                out.push((key, (begin, begin + value.get().len())));
+            }
+            Ok(out)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_str(text);
+    de.deserialize_map(Fields(text))
+        .map_err(|e| format!("not a JSON object: {e}"))
 }
 
 type TensorRow<'py> = (
@@ -135,6 +192,69 @@ impl PyCheckpoint {
             })
             .into_py_result()?;
         Ok(PyBytes::new(py, &bytes))
+    }
+
+    /// (index, dtype, shape, file index, begin, end) of the tensor `name` of `group`
+    /// (index in `tensors()`), or None. A binary search: no per-tensor Python objects.
+    fn lookup<'py>(
+        &self,
+        py: Python<'py>,
+        group: &str,
+        name: &str,
+    ) -> PyResult<Option<TensorHit<'py>>> {
+        let infos = self.tensor_infos();
+        let order = self.by_name();
+        let found = order.binary_search_by(|&i| {
+            let t = &infos[i as usize];
+            (t.group.as_str(), t.name.as_str()).cmp(&(group, name))
+        });
+        let Ok(at) = found else {
+            return Ok(None);
+        };
+        let index = order[at] as usize;
+        let t = &infos[index];
+        let shape = PyTuple::new(py, &t.shape)?;
+        Ok(Some((index, t.dtype.name(), shape, t.file, t.begin, t.end)))
+    }
+
+    /// The names of the tensors of `group`, in save order.
+    fn names(&self, group: &str) -> Vec<&str> {
+        let infos = self.tensor_infos().iter();
+        infos
+            .filter(|t| t.group == group)
+            .map(|t| t.name.as_str())
+            .collect()
+    }
+
+    /// The groups that hold tensors, in order of first appearance.
+    fn groups(&self) -> Vec<&str> {
+        let mut out: Vec<&str> = Vec::new();
+        for t in self.tensor_infos() {
+            if out.last() != Some(&t.group.as_str()) && !out.contains(&t.group.as_str()) {
+                out.push(&t.group);
+            }
+        }
+        out
+    }
+
+    /// How many tensors the checkpoint holds.
+    #[getter]
+    fn tensor_count(&self) -> usize {
+        self.tensor_infos().len()
+    }
+
+    /// The JSON text of the user section's top-level `key`, or None. ValueError if the
+    /// section is not a JSON object. Only the values asked for become Python objects:
+    /// the optimizer skeleton, the bulk of the section, is parsed only when loaded.
+    fn user_field(&self, key: &str) -> PyResult<Option<&str>> {
+        let user = self.manifest().user.get();
+        let fields = self
+            .user_fields
+            .get_or_init(|| top_level_fields(user))
+            .as_ref()
+            .map_err(|e| PyValueError::new_err(e.clone()))?;
+        let found = fields.iter().rev().find(|(k, _)| k == key);
+        Ok(found.map(|(_, (b, e))| &user[*b..*e]))
     }
 
     /// (group, name, dtype, shape, file index, begin, end) per tensor, in save order.

@@ -64,7 +64,7 @@ def read(ckpt: Checkpoint, requests: Iterable[Request], threads: int = 0) -> Non
         by_chunk.setdefault((r.group, r.name), []).append(r)
     direct_jobs, direct_done, staged = [], [], []
     for key, reqs in by_chunk.items():
-        info, _, _, _, index = ckpt._infos[key]
+        info, _, _, _, index = ckpt._record(*key)
         dtype = st_to_torch(info.dtype)
         if len(reqs) == 1 and _direct(reqs[0], tuple(info.shape), dtype):
             direct_jobs.append((index, _bytes_view(reqs[0].dest)))
@@ -94,7 +94,7 @@ def read(ckpt: Checkpoint, requests: Iterable[Request], threads: int = 0) -> Non
 
 def read_bytes(ckpt: Checkpoint, group: str, name: str, threads: int = 0) -> bytes:
     """A stored byte vector (a value DCP pickled), its checksum checked."""
-    info, _, _, _, index = ckpt._infos[(group, name)]
+    info, _, _, _, index = ckpt._record(group, name)
     out = torch.empty(info.nbytes, dtype=torch.uint8)
     if info.nbytes:
         ckpt._core.read_into([(index, out.numpy())], True, threads)
