@@ -41,6 +41,10 @@ pub struct Staging {
     overwrite: bool,
     replace: bool,
     committed: bool,
+    /// Files created in it so far, and how many of them its last fsync covered (a
+    /// directory fsync makes the entries that exist when it starts durable).
+    created: AtomicU64,
+    synced: AtomicU64,
 }
 
 /// A process-unique, hard-to-guess token for temporary names and checkpoint ids.
@@ -199,6 +203,8 @@ pub fn stage(target: &Path, overwrite: bool) -> Result<Staging> {
         overwrite,
         replace,
         committed: false,
+        created: AtomicU64::new(0),
+        synced: AtomicU64::new(u64::MAX),
     })
 }
 
@@ -236,15 +242,38 @@ impl Staging {
     pub fn create_file(&self, name: &str) -> Result<(File, PathBuf)> {
         let path = self.dir.join(name);
         let file = self.held.create_file(name).ctx("create", &path)?;
+        self.created.fetch_add(1, Ordering::AcqRel);
         Ok((file, path))
     }
 
+    /// fsyncs `files` and the staging directory, all at once (`fsync::fsync_all`), so that
+    /// [`Staging::commit`] need not fsync the directory again unless a file is created
+    /// after this.
+    pub fn sync_with(&self, files: &[(File, PathBuf)]) -> Result<()> {
+        let created = self.created.load(Ordering::Acquire);
+        let dir = self.held.as_file();
+        let all: Vec<(&File, &Path)> = (files.iter().map(|(f, p)| (f, p.as_path())))
+            .chain([(dir, self.dir.as_path())])
+            .collect();
+        crate::fsync::fsync_all(&all)?;
+        self.synced.store(created, Ordering::Release);
+        Ok(())
+    }
+
+    /// Did the last [`Staging::sync_with`] cover every file created in the directory?
+    fn dir_synced(&self) -> bool {
+        self.synced.load(Ordering::Acquire) == self.created.load(Ordering::Acquire)
+    }
+
     /// Moves the staged checkpoint to the target name. With `durable`, the staging
-    /// directory is fsynced before and the parent after (files are the caller's job).
+    /// directory is fsynced before (unless [`Staging::sync_with`] covered every file in
+    /// it) and the parent after; the files' own fsyncs are the caller's job.
     pub fn commit(mut self, durable: bool) -> Result<()> {
         let (parent, name) = split_target(&self.target)?;
-        if durable {
-            self.held.sync().ctx("fsync directory", &self.dir)?;
+        if durable && !self.dir_synced() {
+            fault::fail("fsync")
+                .and_then(|()| self.held.sync())
+                .ctx("fsync directory", &self.dir)?;
         }
         fault::point("before_commit");
         let mut replace = self.replace;
@@ -539,6 +568,23 @@ mod tests {
         fs::write(odd.join("notes.txt"), b"x").unwrap();
         assert!(matches!(s.commit(false), Err(Error::AlreadyExists { .. })));
         assert_eq!(fs::read(odd.join("notes.txt")).unwrap(), b"x");
+    }
+
+    #[test]
+    fn a_file_created_after_the_sync_makes_the_commit_sync_the_directory_again() {
+        let root = tempfile::tempdir().unwrap();
+        let s = stage(&root.path().join("ck"), false).unwrap();
+        assert!(!s.dir_synced());
+        s.sync_with(&[]).unwrap(); // an empty directory, synced
+        assert!(s.dir_synced());
+        let a = s.create_file("a").unwrap();
+        assert!(!s.dir_synced());
+        s.sync_with(&[a]).unwrap();
+        assert!(s.dir_synced());
+        let _b = s.create_file(MANIFEST_NAME).unwrap();
+        assert!(!s.dir_synced());
+        s.commit(true).unwrap();
+        assert!(root.path().join("ck").join("a").is_file());
     }
 
     #[test]

@@ -117,6 +117,11 @@ impl HeldDir {
     pub fn sync(&self) -> io::Result<()> {
         self.dir.sync_all()
     }
+
+    /// The open directory (to fsync it alongside files).
+    pub fn as_file(&self) -> &File {
+        &self.dir
+    }
 }
 
 #[cfg(test)]

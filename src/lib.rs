@@ -13,6 +13,7 @@ pub mod error;
 pub mod fault;
 pub mod foreign;
 pub mod format;
+mod fsync;
 pub mod held_dir;
 pub mod lifecycle;
 pub mod limits;

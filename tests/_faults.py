@@ -144,6 +144,7 @@ def run_python(
     full_env = dict(os.environ)
     full_env.pop("CKPTIO_CRASH_AT", None)
     full_env.pop("CKPTIO_STOP_AT", None)
+    full_env.pop("CKPTIO_FAIL_AT", None)
     full_env.update(env or {})
     script = textwrap.dedent(preamble) + "\n" + textwrap.dedent(code)
     return subprocess.run(
@@ -261,6 +262,7 @@ class ForkServer:
         env = {**os.environ, **(env or {})}
         env.pop("CKPTIO_CRASH_AT", None)
         env.pop("CKPTIO_STOP_AT", None)
+        env.pop("CKPTIO_FAIL_AT", None)
         self.log_dir = log_dir
         self.n = 0
         self.proc = subprocess.Popen(

@@ -62,7 +62,7 @@ def _points(n_files: int, *, overwrite: bool, fallback: bool) -> list[str]:
     points = ["staged"]
     points += [f"file#{i}" for i in range(1, n_files + 1)]
     points += [f"data#{i}" for i in range(1, N_TENSORS + 1)]
-    points += ["data_written", "files_synced", "manifest_written", "before_commit"]
+    points += ["data_written", "manifest_written", "files_synced", "before_commit"]
     if overwrite and fallback:
         points.append("moved_aside")
     points.append("committed")
