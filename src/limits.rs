@@ -110,8 +110,9 @@ pub fn check_manifest_json(bytes: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
-/// Checks the `user` section's size in bytes and in values (its nesting is checked
-/// with the whole file).
+/// Checks the `user` section's size in bytes, its nesting (as part of the whole
+/// file: the section sits [`USER_SECTION_DEPTH`] levels down) and its count of values,
+/// in one pass.
 pub fn check_user_section(user: &str) -> Result<(), String> {
     if user.len() as u64 > MAX_USER_LEN {
         return Err(format!(
@@ -119,10 +120,17 @@ pub fn check_user_section(user: &str) -> Result<(), String> {
             user.len()
         ));
     }
-    let nodes = json_extent(user.as_bytes()).nodes;
-    if nodes > MAX_USER_NODES {
+    let extent = json_extent(user.as_bytes());
+    let depth = extent.depth + USER_SECTION_DEPTH;
+    if depth > MAX_JSON_DEPTH {
         return Err(format!(
-            "the user section holds {nodes} JSON values, more than the limit of {MAX_USER_NODES}"
+            "manifest JSON nests {depth} levels deep, deeper than the limit of {MAX_JSON_DEPTH}"
+        ));
+    }
+    if extent.nodes > MAX_USER_NODES {
+        return Err(format!(
+            "the user section holds {} JSON values, more than the limit of {MAX_USER_NODES}",
+            extent.nodes
         ));
     }
     Ok(())

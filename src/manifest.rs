@@ -164,23 +164,56 @@ fn manifest_text(m: &Manifest) -> String {
 /// Parses and checks a manifest file's bytes: limits first (on the raw bytes, before
 /// any parse), then the self-checksum, the format version and the structure. Every
 /// check is linear in the size of the file.
+///
+/// A manifest laid out exactly as [`encode`] writes it takes a shorter road (checksum,
+/// one strict parse, the nesting limit on the `user` section only): the envelope is
+/// not parsed separately and the whole file is not scanned for its depth. Anything
+/// that fails on that road is decoded again on the general one, so errors read the
+/// same whichever road a file took.
 pub fn decode(file: &Path, bytes: &[u8]) -> Result<Manifest> {
+    if let Some((raw, stored)) = split_written_envelope(bytes) {
+        if let Ok(m) = decode_signed(file, raw, stored) {
+            return Ok(m);
+        }
+    }
     limits::check_manifest_json(bytes).map_err(|msg| Error::format(file, msg))?;
     let env: EnvelopeIn = serde_json::from_slice(bytes)
         .map_err(|e| Error::format(file, format!("invalid manifest JSON: {e}")))?;
-    let actual = checksum::to_hex(checksum::hash(env.manifest.get().as_bytes()));
-    if actual != env.manifest_xxh3 {
+    decode_signed(file, env.manifest.get(), &env.manifest_xxh3)
+}
+
+/// The manifest text and stored checksum of a file laid out exactly as [`encode`]
+/// writes it (`{"manifest": RAW, "manifest_xxh3": "HEX"}`, pretty-printed), or None.
+/// If RAW parses as one JSON value, the file is that envelope and nothing else.
+fn split_written_envelope(bytes: &[u8]) -> Option<(&str, &str)> {
+    const HEAD: &[u8] = b"{\n  \"manifest\": ";
+    const KEY: &[u8] = b",\n  \"manifest_xxh3\": \"";
+    const END: &[u8] = b"\"\n}\n";
+    const HEX_LEN: usize = 16;
+    let rest = bytes.strip_prefix(HEAD)?.strip_suffix(END)?;
+    let (raw_and_key, hex) = rest.split_at(rest.len().checked_sub(HEX_LEN)?);
+    let raw = raw_and_key.strip_suffix(KEY)?;
+    if !hex.iter().all(|c| c.is_ascii_hexdigit()) {
+        return None;
+    }
+    Some((
+        std::str::from_utf8(raw).ok()?,
+        std::str::from_utf8(hex).ok()?,
+    ))
+}
+
+/// Checks the manifest text against its stored checksum, then parses and checks it.
+fn decode_signed(file: &Path, raw: &str, stored: &str) -> Result<Manifest> {
+    let actual = checksum::to_hex(checksum::hash(raw.as_bytes()));
+    if actual != stored {
         return Err(Error::corrupt(
             file,
             None,
-            format!(
-                "manifest checksum mismatch (stored {}, computed {actual})",
-                env.manifest_xxh3
-            ),
+            format!("manifest checksum mismatch (stored {stored}, computed {actual})"),
         ));
     }
     // The strict parse; if it fails, a newer format version is the likelier story.
-    let m: Manifest = match serde_json::from_str(env.manifest.get()) {
+    let m: Manifest = match serde_json::from_str(raw) {
         Ok(m) => m,
         Err(e) => {
             #[derive(Deserialize)]
@@ -188,7 +221,7 @@ pub fn decode(file: &Path, bytes: &[u8]) -> Result<Manifest> {
                 format: Option<String>,
                 format_version: Option<u32>,
             }
-            if let Ok(v) = serde_json::from_str::<Version>(env.manifest.get()) {
+            if let Ok(v) = serde_json::from_str::<Version>(raw) {
                 check_version(file, v.format.as_deref(), v.format_version)?;
             }
             return Err(Error::format(file, format!("invalid manifest: {e}")));
@@ -329,6 +362,45 @@ mod tests {
         assert_eq!(back.user.get(), m.user.get());
         let text = String::from_utf8(bytes).unwrap().replace("0.1", "0.2");
         let e = decode(Path::new("m"), text.as_bytes()).unwrap_err();
+        assert!(matches!(e, Error::Corrupt { .. }), "{e}");
+    }
+
+    /// The layout `encode` writes takes the short road; the same envelope in any other
+    /// layout takes the general one; both decode alike and fail alike.
+    #[test]
+    fn written_layout_and_any_other_decode_alike() {
+        let m = sample();
+        let written = encode(&m);
+        let (raw, stored) = split_written_envelope(&written).expect("encode's layout");
+        let (raw, stored) = (raw.to_owned(), stored.to_owned());
+        assert_eq!(stored, checksum::to_hex(checksum::hash(raw.as_bytes())));
+        let compact = format!(r#"{{"manifest_xxh3":"{stored}","manifest":{raw}}}"#);
+        assert!(split_written_envelope(compact.as_bytes()).is_none());
+        for bytes in [written.clone(), compact.into_bytes()] {
+            let back = decode(Path::new("m"), &bytes).unwrap();
+            assert_eq!(back.tensors, m.tensors);
+            assert_eq!(back.user.get(), m.user.get());
+        }
+        // Not one value between the markers: the general road refuses it too.
+        let mut two = written.clone();
+        let tail = ",\n  \"manifest_xxh3\": \"".len() + 16 + "\"\n}\n".len();
+        let at = two.len() - tail;
+        two.splice(at..at, b", 1".iter().copied());
+        assert!(split_written_envelope(&two).is_some());
+        let e = decode(Path::new("m"), &two).unwrap_err();
+        assert!(matches!(e, Error::Format { .. }), "{e}");
+        // An escaped checksum is not the written layout, and still decodes.
+        let text = String::from_utf8(written).unwrap();
+        let escaped = text.replacen(
+            &format!("\"{stored}\""),
+            &format!("\"\\u00{:x}{}\"", stored.as_bytes()[0], &stored[1..]),
+            1,
+        );
+        assert!(split_written_envelope(escaped.as_bytes()).is_none());
+        decode(Path::new("m"), escaped.as_bytes()).unwrap();
+        // A wrong checksum in the written layout is reported as corruption.
+        let wrong = text.replacen(&format!("\"{stored}\""), "\"0000000000000000\"", 1);
+        let e = decode(Path::new("m"), wrong.as_bytes()).unwrap_err();
         assert!(matches!(e, Error::Corrupt { .. }), "{e}");
     }
 
