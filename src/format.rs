@@ -198,30 +198,25 @@ pub fn parse_header(file: &Path, bytes: &[u8], file_len: u64) -> Result<ParsedHe
         return Err(Error::format(file, "header cut short"));
     }
     let json = &bytes[8..hlen as usize];
-    // Raw values: every object is read once, as text, by a parser that rejects
-    // duplicate keys at both levels (a reader that kept the first of two keys and one
-    // that kept the last would see different files) and never recurses.
-    // Keys and values borrowed from the header: the only allocations per tensor are
-    // its name and shape in the result.
-    let entries: UniqueEntries<&RawValue> = serde_json::from_slice(json)
-        .map_err(|e| Error::format(file, format!("invalid JSON header: {e}")))?;
+    // One pass over the JSON: each value is read as a tensor entry or the metadata
+    // map by its key, borrowing from the header (the only allocations per tensor are
+    // its name and shape in the result). A header that fails it is parsed again by
+    // `header_entries`, which names what is wrong.
+    let entries = match serde_json::from_slice::<HeaderIn>(json) {
+        Ok(header) => header.0,
+        Err(_) => header_entries(file, json)?,
+    };
 
     let mut metadata = Vec::new();
-    let mut tensors = Vec::with_capacity(entries.0.len());
-    for (name, value) in entries.0 {
-        if name == METADATA_KEY {
-            let meta: UniqueMap<String> = serde_json::from_str(value.get()).map_err(|e| {
-                Error::format(
-                    file,
-                    format!("{METADATA_KEY} must map strings to strings: {e}"),
-                )
-            })?;
-            metadata = meta.0;
-            continue;
-        }
-        let entry: HeaderEntryIn = serde_json::from_str(value.get()).map_err(|e| {
-            Error::format(file, format!("tensor {name:?}: invalid header entry: {e}"))
-        })?;
+    let mut tensors = Vec::with_capacity(entries.len());
+    for (name, value) in entries {
+        let entry = match value {
+            HeaderValue::Metadata(meta) => {
+                metadata = meta;
+                continue;
+            }
+            HeaderValue::Entry(entry) => entry,
+        };
         let dtype = Dtype::parse(&entry.dtype).ok_or_else(|| {
             Error::format(
                 file,
@@ -266,6 +261,35 @@ pub fn parse_header(file: &Path, bytes: &[u8], file_len: u64) -> Result<ParsedHe
         metadata,
         tensors,
     })
+}
+
+/// The header's entries in order, read value by value: every object once as text by
+/// a parser that rejects duplicate keys at both levels (a reader that kept the first
+/// of two keys and one that kept the last would see different files) and never
+/// recurses, then each value as what its key says. Slower than [`HeaderIn`]; its
+/// errors say which entry is wrong and how.
+fn header_entries<'a>(file: &Path, json: &'a [u8]) -> Result<Vec<(Cow<'a, str>, HeaderValue<'a>)>> {
+    let entries: UniqueEntries<&RawValue> = serde_json::from_slice(json)
+        .map_err(|e| Error::format(file, format!("invalid JSON header: {e}")))?;
+    let mut out = Vec::with_capacity(entries.0.len());
+    for (name, value) in entries.0 {
+        let value = if name == METADATA_KEY {
+            let meta: UniqueMap<String> = serde_json::from_str(value.get()).map_err(|e| {
+                Error::format(
+                    file,
+                    format!("{METADATA_KEY} must map strings to strings: {e}"),
+                )
+            })?;
+            HeaderValue::Metadata(meta.0)
+        } else {
+            let entry: HeaderEntryIn = serde_json::from_str(value.get()).map_err(|e| {
+                Error::format(file, format!("tensor {name:?}: invalid header entry: {e}"))
+            })?;
+            HeaderValue::Entry(entry)
+        };
+        out.push((name, value));
+    }
+    Ok(out)
 }
 
 /// Data must tile `[hlen, file_len)` exactly: no overlap, no hole, no trailing bytes.
@@ -373,6 +397,49 @@ impl<'de, V: Deserialize<'de>> Deserialize<'de> for UniqueEntries<'de, V> {
             }
         }
         d.deserialize_map(MapVisitor(std::marker::PhantomData))
+    }
+}
+
+/// A value of the header: the metadata map or a tensor entry.
+enum HeaderValue<'a> {
+    Metadata(Vec<(String, String)>),
+    Entry(HeaderEntryIn<'a>),
+}
+
+/// The header's entries in order, each value read as what its key says in the same
+/// pass, rejecting duplicate keys like [`UniqueEntries`]. Typed values cannot nest
+/// deeper than a few levels, so this does not recurse on hostile input either.
+struct HeaderIn<'de>(Vec<(Cow<'de, str>, HeaderValue<'de>)>);
+
+impl<'de> Deserialize<'de> for HeaderIn<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct HeaderVisitor;
+        impl<'de> Visitor<'de> for HeaderVisitor {
+            type Value = HeaderIn<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<Self::Value, A::Error> {
+                let mut seen = HashSet::new();
+                let mut out = Vec::new();
+                while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+                    if !seen.insert(key.clone()) {
+                        return Err(serde::de::Error::custom(format!("duplicate key {key:?}")));
+                    }
+                    let value = if key == METADATA_KEY {
+                        HeaderValue::Metadata(map.next_value::<UniqueMap<String>>()?.0)
+                    } else {
+                        HeaderValue::Entry(map.next_value()?)
+                    };
+                    out.push((key, value));
+                }
+                Ok(HeaderIn(out))
+            }
+        }
+        d.deserialize_map(HeaderVisitor)
     }
 }
 

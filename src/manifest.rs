@@ -108,12 +108,6 @@ pub struct Manifest {
     pub user: Box<RawValue>,
 }
 
-#[derive(Serialize)]
-struct EnvelopeOut<'a> {
-    manifest: &'a RawValue,
-    manifest_xxh3: String,
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct EnvelopeIn<'a> {
@@ -122,17 +116,25 @@ struct EnvelopeIn<'a> {
     manifest_xxh3: String,
 }
 
-/// Serializes the manifest with its self-checksum.
+/// Serializes the manifest with its self-checksum, in the layout
+/// [`split_written_envelope`] recognises (serde_json's pretty form of the envelope).
+/// The text is made by serde_json field by field, so it is not parsed again here.
 pub fn encode(m: &Manifest) -> Vec<u8> {
-    let raw = RawValue::from_string(manifest_text(m)).expect("valid JSON");
-    let out = EnvelopeOut {
-        manifest_xxh3: checksum::to_hex(checksum::hash(raw.get().as_bytes())),
-        manifest: &raw,
-    };
-    let mut bytes = serde_json::to_vec_pretty(&out).expect("envelope serializes");
-    bytes.push(b'\n');
+    let text = manifest_text(m);
+    let sum = checksum::to_hex(checksum::hash(text.as_bytes()));
+    let mut bytes = Vec::with_capacity(text.len() + 64);
+    bytes.extend_from_slice(ENVELOPE_HEAD);
+    bytes.extend_from_slice(text.as_bytes());
+    bytes.extend_from_slice(ENVELOPE_KEY);
+    bytes.extend_from_slice(sum.as_bytes());
+    bytes.extend_from_slice(ENVELOPE_END);
     bytes
 }
+
+/// The envelope around the manifest text, as `encode` writes it.
+const ENVELOPE_HEAD: &[u8] = b"{\n  \"manifest\": ";
+const ENVELOPE_KEY: &[u8] = b",\n  \"manifest_xxh3\": \"";
+const ENVELOPE_END: &[u8] = b"\"\n}\n";
 
 /// The manifest as JSON with one file or tensor record per line: readable, and about
 /// half the bytes of fully indented JSON (open parses it for every tensor).
@@ -186,13 +188,12 @@ pub fn decode(file: &Path, bytes: &[u8]) -> Result<Manifest> {
 /// writes it (`{"manifest": RAW, "manifest_xxh3": "HEX"}`, pretty-printed), or None.
 /// If RAW parses as one JSON value, the file is that envelope and nothing else.
 fn split_written_envelope(bytes: &[u8]) -> Option<(&str, &str)> {
-    const HEAD: &[u8] = b"{\n  \"manifest\": ";
-    const KEY: &[u8] = b",\n  \"manifest_xxh3\": \"";
-    const END: &[u8] = b"\"\n}\n";
     const HEX_LEN: usize = 16;
-    let rest = bytes.strip_prefix(HEAD)?.strip_suffix(END)?;
+    let rest = bytes
+        .strip_prefix(ENVELOPE_HEAD)?
+        .strip_suffix(ENVELOPE_END)?;
     let (raw_and_key, hex) = rest.split_at(rest.len().checked_sub(HEX_LEN)?);
-    let raw = raw_and_key.strip_suffix(KEY)?;
+    let raw = raw_and_key.strip_suffix(ENVELOPE_KEY)?;
     if !hex.iter().all(|c| c.is_ascii_hexdigit()) {
         return None;
     }
@@ -373,6 +374,20 @@ mod tests {
         let written = encode(&m);
         let (raw, stored) = split_written_envelope(&written).expect("encode's layout");
         let (raw, stored) = (raw.to_owned(), stored.to_owned());
+        // The layout is serde_json's pretty form of the envelope, byte for byte.
+        #[derive(Serialize)]
+        struct EnvelopeOut<'a> {
+            manifest: &'a RawValue,
+            manifest_xxh3: &'a str,
+        }
+        let raw_value = RawValue::from_string(raw.clone()).unwrap();
+        let envelope = EnvelopeOut {
+            manifest: &raw_value,
+            manifest_xxh3: &stored,
+        };
+        let mut pretty = serde_json::to_vec_pretty(&envelope).unwrap();
+        pretty.push(b'\n');
+        assert_eq!(pretty, written);
         assert_eq!(stored, checksum::to_hex(checksum::hash(raw.as_bytes())));
         let compact = format!(r#"{{"manifest_xxh3":"{stored}","manifest":{raw}}}"#);
         assert!(split_written_envelope(compact.as_bytes()).is_none());

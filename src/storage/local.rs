@@ -18,6 +18,7 @@ use std::sync::Mutex;
 use rayon::prelude::*;
 
 use super::pieces::{self, FileBytes, Segment, JOB_BYTES, PIECE};
+use super::schedule::JobQueue;
 use super::{Producer, Sink};
 use crate::commit::{self, Staging};
 use crate::error::{Error, IoContext, Result};
@@ -266,26 +267,32 @@ fn write_windows(
     for (w, &(first, window)) in windows.iter().enumerate() {
         let handles = create_files(dir, window)?;
         let bytes: Vec<FileBytes> = window.iter().map(file_bytes).collect();
-        let mut jobs: Vec<pieces::Job> = (bytes.iter().enumerate())
+        let jobs: Vec<pieces::Job> = (bytes.iter().enumerate())
             .flat_map(|(fi, b)| pieces::plan_jobs(fi, b, PIECE, JOB_BYTES))
             .collect();
-        // Largest first, so the long jobs start early.
-        jobs.sort_by_key(|j| std::cmp::Reverse(j.bytes));
-        let done: Vec<Vec<((usize, usize), u64)>> = jobs
-            .par_iter()
-            .map(|job| {
-                let (file, path) = &handles[job.file];
-                let written = pieces::run_job(&bytes[job.file], job, PIECE, |slices, at| {
-                    write_all_vectored_at(file, slices, at)
-                });
-                Ok(written
-                    .ctx("write", path)?
-                    .into_iter()
-                    .map(|(ti, h)| {
+        // Each file's jobs in file order; writers spread over the files.
+        let queue = JobQueue::new(window.len(), jobs.iter().map(|j| (j.file, j.bytes)));
+        let job_bytes = |j: usize| jobs[j].bytes;
+        let writers = rayon::current_num_threads().clamp(1, jobs.len().max(1));
+        let done: Vec<Vec<((usize, usize), u64)>> = (0..writers)
+            .into_par_iter()
+            .map(|_| {
+                let mut out = Vec::new();
+                let mut left = None;
+                while let Some(j) = queue.next(left.take(), job_bytes) {
+                    let job = &jobs[j];
+                    let (file, path) = &handles[job.file];
+                    let written = pieces::run_job(&bytes[job.file], job, PIECE, |slices, at| {
+                        write_all_vectored_at(file, slices, at)
+                    });
+                    let written = written.ctx("write", path).inspect_err(|_| queue.stop())?;
+                    for (ti, h) in written {
                         fault::point("data");
-                        ((job.file, ti), h)
-                    })
-                    .collect())
+                        out.push(((job.file, ti), h));
+                    }
+                    left = Some(job.file);
+                }
+                Ok(out)
             })
             .collect::<Result<_>>()?;
         for ((fi, ti), h) in done.into_iter().flatten() {

@@ -15,6 +15,7 @@ pub mod object_cleanup;
 pub mod object_client;
 pub mod object_parts;
 mod pieces;
+mod schedule;
 
 use std::path::{Path, PathBuf};
 
