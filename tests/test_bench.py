@@ -58,7 +58,7 @@ def test_quick_run_prints_the_tables(quick_run: tuple[subprocess.CompletedProces
     first = text.splitlines()[0]
     assert first.startswith("ckptio bench") and "cores" in first and "RAM" in first  # the machine
     assert "directory " in text and "software: ckptio" in text
-    for heading in ("llm: ", "lora: ", "targets (issue 5)", "notes:"):
+    for heading in ("llm: ", "lora: ", "targets (issues 5 and 15)", "notes:"):
         assert heading in text
     header = next(line for line in text.splitlines() if line.startswith("operation"))
     for column in ("library", "time", "GB/s", "vs ckptio", "vs raw", "peak RSS"):
@@ -111,7 +111,7 @@ def test_quick_run_markdown_and_plot(quick_run: tuple[subprocess.CompletedProces
     md = (out / "b.md").read_text()
     assert md.startswith("# ckptio bench results")
     assert "| operation | library | time | GB/s | vs ckptio | vs raw | peak RSS | notes |" in md
-    assert "## llm: " in md and "## lora: " in md and "## Targets (issue 5)" in md
+    assert "## llm: " in md and "## lora: " in md and "## Targets (issues 5 and 15)" in md
     if HAS_MATPLOTLIB:
         assert (out / "b.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert "](b.png)" in md

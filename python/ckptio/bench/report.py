@@ -223,7 +223,8 @@ def format_terminal(report: Report) -> str:
     Example:
         ``print(format_terminal(report))``
     """
-    lines = [*_header_lines(report), "", *table_lines(report), *target_lines(report, "targets (issue 5)")]
+    targets = target_lines(report, "targets (issues 5 and 15)")
+    lines = [*_header_lines(report), "", *table_lines(report), *targets]
     lines += ["notes:", *(f"  {n}" for n in _notes(report))]
     lines.append(f"finished in {report.result.seconds:.0f} s")
     return "\n".join(lines)
@@ -259,7 +260,7 @@ def target_lines(report: Report, title: str) -> list[str]:
     """The targets as an aligned table under ``title`` (nothing when there are none).
 
     Example:
-        ``print("\\n".join(target_lines(report, "targets (issue 5)")))``
+        ``print("\\n".join(target_lines(report, "targets (issues 5 and 15)")))``
     """
     if not report.targets:
         return []
@@ -304,7 +305,7 @@ def format_markdown(report: Report, plot_file: str | None = None) -> str:
     ]
     if plot_file:
         lines += [f"![GB/s per operation and library]({plot_file})", ""]
-    lines += markdown_tables(report, "##", "Targets (issue 5)")
+    lines += markdown_tables(report, "##", "Targets (issues 5 and 15)")
     lines += ["## Notes", "", *(f"- {n}" for n in _notes(report)), ""]
     lines += ["## Method", "", *_METHOD, ""]
     return "\n".join(lines)
