@@ -382,3 +382,16 @@ def test_issue_15_targets_judge_mapped_loads_and_small_tensor_rows() -> None:
     assert checks[("15", "lora")].met is True and checks[("15", "lora")].measured == "1.25x"
     assert checks[("16", "llm")].met is False and checks[("16", "llm")].measured == "1.2 ms"
     assert checks[("7", "llm")].met is False and checks[("7", "llm")].measured == "0.80x"
+
+
+def test_round_order_puts_each_library_first_once_before_any_twice() -> None:
+    """The first save of a round is slow whoever makes it: over as many rounds as there
+    are libraries, each takes that place exactly once, and every round runs them all."""
+    from ckptio.bench.runner import round_order
+
+    names = ["ckptio", "ckptio async", "safetensors numpy", "torch.save/load", "raw write/read"]
+    orders = [round_order(names, r) for r in range(len(names))]
+    assert sorted(o[0] for o in orders) == sorted(names)
+    assert all(sorted(o) == sorted(names) for o in orders)
+    assert round_order(names, len(names)) == names
+    assert round_order([], 3) == []

@@ -8,7 +8,7 @@ Modules, by concern:
   does for each operation.
 - ``worker``, ``measure``: the measuring subprocess (one per library family), timing,
   peak-RSS growth from ``VmHWM``, page-cache control.
-- ``runner``: the rounds, alternating the library order.
+- ``runner``: the rounds, rotating the library order.
 - ``summary``, ``targets``, ``report``, ``plot``, ``machine``: medians, ratios, the
   issue-5 targets, the table / JSON / markdown / chart.
 - ``cli``: the ``ckptio bench`` command.

@@ -97,7 +97,7 @@ def add_parser(subparsers: Any, func: Callable[[argparse.Namespace], int]) -> ar
         description=(
             "Saves and loads the same seeded training state with ckptio, safetensors (numpy, "
             "torch), torch.save/torch.load (plain, mmap=True), numpy.savez and a raw "
-            "write()/read() of the same bytes (the physical limit), alternating the order "
+            "write()/read() of the same bytes (the physical limit), rotating the order "
             "between runs, and prints medians, GB/s, ratios and peak-RSS growth."
         ),
     )

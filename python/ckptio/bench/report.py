@@ -32,7 +32,7 @@ _METHOD = [
     "cached; hot loads and verify check that everything is cached.",
     "- Peak RSS: `/proc/self/clear_refs` resets `VmHWM` before the operation; the figure is "
     "`VmHWM` after it minus before.",
-    "- Rounds alternate the library order (A B C, C B A, ...); every figure is the median over "
+    "- Rounds rotate the library order (A B C, B C A, C A B, ...); every figure is the median over "
     "the rounds. Ratios are speed ratios against the `ckptio` row and the raw row.",
     "- Reproduce: `pip install '.[bench]' && ckptio bench` (add `--json`, `--markdown`, `--plot`).",
 ]
@@ -143,7 +143,7 @@ def _header_lines(report: Report) -> list[str]:
         f"mount options {report.machine['filesystem']['options'] or '-'})",
         f"software: {versions}",
         _load_line(report),
-        f"median of {r.config.runs} run{'s' if r.config.runs != 1 else ''}, library order alternating "
+        f"median of {r.config.runs} run{'s' if r.config.runs != 1 else ''}, library order rotating "
         "between runs; "
         "GB/s = 10^9 bytes/s; 'vs ckptio' and 'vs raw' are speed ratios (> 1 is faster)",
     ]
@@ -297,7 +297,7 @@ def format_markdown(report: Report, plot_file: str | None = None) -> str:
         f"`{report.machine['filesystem']['options']}`)",
         f"- Software: {', '.join(f'{k} {v}' for k, v in _software(report).items())}",
         f"- {_load_line(report).capitalize()}",
-        f"- Median of {r.config.runs} run{'s' if r.config.runs != 1 else ''}, library order alternating "
+        f"- Median of {r.config.runs} run{'s' if r.config.runs != 1 else ''}, library order rotating "
         "between runs; the whole run "
         f"took {r.seconds:.0f} s. GB/s = 10^9 bytes/s; *vs ckptio* and *vs raw* are speed "
         "ratios (> 1 is faster).",
