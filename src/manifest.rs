@@ -163,6 +163,13 @@ fn manifest_text(m: &Manifest) -> String {
     out
 }
 
+impl Manifest {
+    /// The names of every file the manifest lists (the manifest itself aside).
+    pub fn file_names(&self) -> HashSet<&str> {
+        self.files.iter().map(|f| f.name.as_str()).collect()
+    }
+}
+
 /// Parses and checks a manifest file's bytes: limits first (on the raw bytes, before
 /// any parse), then the self-checksum, the format version and the structure. Every
 /// check is linear in the size of the file.

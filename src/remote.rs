@@ -3,7 +3,7 @@
 //! the caller's buffers, every tensor's checksum checked as its bytes arrive. There is
 //! nothing to map, so every load is a copy.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -404,12 +404,7 @@ impl RemoteCheckpoint {
         {
             self.read_side_file(&rec.name)?;
         }
-        let listed: HashSet<&str> = self
-            .manifest
-            .files
-            .iter()
-            .map(|f| f.name.as_str())
-            .collect();
+        let listed = self.manifest.file_names();
         let objects: Vec<object_store::ObjectMeta> =
             block_on(self.store.list(Some(&self.data)).try_collect())?
                 .map_err(|e| store_error("list", self.url.as_path(), e))?;

@@ -35,7 +35,10 @@ def _make_cold(path: Path) -> None:
             return
         time.sleep(0.05)
     if left > 0.05:
-        pytest.skip(f"{left:.0%} of the files stayed cached after POSIX_FADV_DONTNEED (tmpfs?)")
+        # CI runs on a disk-backed temp dir: there a file that will not leave the cache
+        # is a failure, not a skip.
+        skip_or_fail = pytest.fail if os.environ.get("CI") else pytest.skip
+        skip_or_fail(f"{left:.0%} of the files stayed cached after POSIX_FADV_DONTNEED (tmpfs?)")
 
 
 def _same(a: Any, b: Any) -> bool:

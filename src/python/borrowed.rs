@@ -20,6 +20,8 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::PyType;
 
+use super::errors::IntoPyResult;
+
 /// An address and a length, valid while the `Held` that produced it lives.
 pub(crate) type Span = (usize, usize);
 
@@ -339,6 +341,35 @@ pub(crate) fn check_disjoint(destinations: &[(Span, String)], sources: &[Span]) 
         }
     }
     Ok(())
+}
+
+/// Copies each held source into its held destination, in parallel with the GIL
+/// released, once no destination overlaps another destination or a source
+/// (`dest_labels`: each destination's span and the name its error gives). `sources`
+/// (which pauses the garbage collector) is dropped first, so collection resumes before
+/// the GIL is released. Borrowing every `Held` keeps the memory held until the copy
+/// is done.
+pub(crate) fn copy_held(
+    py: Python<'_>,
+    sources: Sources<'_>,
+    pairs: &[(&Held, &Held)],
+    dest_labels: &[(Span, String)],
+    threads: usize,
+) -> PyResult<()> {
+    let src_spans: Vec<Span> = pairs.iter().map(|(s, _)| s.span).collect();
+    check_disjoint(dest_labels, &src_spans)?;
+    let spans: Vec<(Span, Span)> = pairs.iter().map(|(s, d)| (s.span, d.span)).collect();
+    drop(sources);
+    py.detach(|| {
+        // SAFETY: every `Held` of `pairs` is borrowed for the whole call, and the
+        // destinations overlap nothing (check_disjoint).
+        let jobs = spans
+            .iter()
+            .map(|&(s, d)| unsafe { (slice(s), slice_mut(d)) })
+            .collect();
+        crate::copy::copy_all(jobs, threads)
+    })
+    .into_py_result()
 }
 
 /// A shared slice over held memory (empty spans may have no valid pointer).

@@ -262,19 +262,8 @@ fn copy_into(
         dest_spans.push((dst.span, label(i)));
         held.push((src, dst));
     }
-    let src_spans: Vec<_> = held.iter().map(|(s, _)| s.span).collect();
-    borrowed::check_disjoint(&dest_spans, &src_spans)?;
-    let spans: Vec<_> = held.iter().map(|(s, d)| (s.span, d.span)).collect();
-    drop(sources); // resumes the garbage collector before the GIL is released
-    py.detach(|| {
-        // SAFETY: all memory is held until return; destinations overlap nothing.
-        let jobs = spans
-            .iter()
-            .map(|&(s, d)| unsafe { (borrowed::slice(s), borrowed::slice_mut(d)) })
-            .collect();
-        crate::copy::copy_all(jobs, threads)
-    })
-    .into_py_result()
+    let pairs: Vec<(&Held, &Held)> = held.iter().map(|(s, d)| (s, d)).collect();
+    borrowed::copy_held(py, sources, &pairs, &dest_spans, threads)
 }
 
 /// Opens a checkpoint (reads the manifest and headers; maps local files); see

@@ -16,7 +16,6 @@ use pyo3::types::{PyDict, PyString, PyTuple};
 
 use super::arrays::{ArrayTypes, Fast, Hooks, SameViews};
 use super::borrowed::{self, GcPaused, Held, Sources};
-use super::errors::IntoPyResult;
 use super::flatten::{flatten, Flattened};
 use super::{HeldTensor, OwnedGroup, TensorName};
 use crate::Dtype;
@@ -185,20 +184,9 @@ impl PySaveTensors {
                 offset += row.nbytes.next_multiple_of(ALIGN);
             }
         }
-        let src_spans: Vec<_> = held.iter().map(|(s, ..)| s.span).collect();
-        borrowed::check_disjoint(&dest_spans, &src_spans)?;
-        let spans: Vec<_> = held.iter().map(|(s, d, ..)| (s.span, d.span)).collect();
-        drop(sources); // resumes the garbage collector before the GIL is released
-        py.detach(|| {
-            // SAFETY: every source and the staging buffer are held until return, and the
-            // destinations overlap nothing (check_disjoint).
-            let jobs = spans
-                .iter()
-                .map(|&(s, d)| unsafe { (borrowed::slice(s), borrowed::slice_mut(d)) })
-                .collect();
-            crate::copy::copy_all(jobs, threads)
-        })
-        .into_py_result()?;
+        // The staging buffer (`dst`) is held by `self` throughout.
+        let pairs: Vec<(&Held, &Held)> = held.iter().map(|(s, d, ..)| (s, d)).collect();
+        borrowed::copy_held(py, sources, &pairs, &dest_spans, threads)?;
         for (_, _, g, r, offset) in held {
             let row = &mut self.groups[g].rows[r];
             row.data = Data::Staged(offset);

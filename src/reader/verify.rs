@@ -1,7 +1,6 @@
 //! Verifying an open checkpoint: every header, tensor and side file against the
 //! manifest's checksums, over read-only mappings of the files that were opened.
 
-use std::collections::HashSet;
 use std::fs;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
@@ -100,12 +99,7 @@ impl Checkpoint {
         for (rec, side) in records.zip(&self.side_files) {
             self.read_whole_file(rec, side.as_ref())?;
         }
-        let listed: HashSet<&str> = self
-            .manifest
-            .files
-            .iter()
-            .map(|f| f.name.as_str())
-            .collect();
+        let listed = self.manifest.file_names();
         let mut uncovered = Vec::new();
         for entry in self.list_dir()? {
             let name = entry.ctx("list", &self.dir)?.file_name();
