@@ -26,6 +26,7 @@ MODULES = [
     "ckptio.hf.keymaps",
     "ckptio.hf.peft",
     "ckptio.run",
+    "ckptio._call_order",
     "ckptio._retention",
     "ckptio.cli_run",
     "ckptio._dcp_index",

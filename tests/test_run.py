@@ -228,6 +228,41 @@ def test_async_saves_give_records_and_apply_retention_after_the_commit(tmp_path:
     assert all(f.done() for f in [*futures, failed])
 
 
+def test_async_saves_that_commit_out_of_order_still_apply_retention_in_call_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """s1 and s2 commit after s3 and s4 (their writes are held back): every future still
+    gets its record, and retention ends as if the saves had finished in call order."""
+    import threading
+    import time
+
+    from ckptio import _plan
+
+    run = ckptio.Run(tmp_path, keep_last=2, clock=FakeClock(tick=1))
+    later_done = threading.Event()
+    write = _plan.SavePlan.write
+
+    def slow_early_writes(plan: _plan.SavePlan) -> object:
+        if Path(str(plan.path)).name in ("s1", "s2"):
+            later_done.wait(10)
+            time.sleep(0.05)
+        return write(plan)
+
+    monkeypatch.setattr(_plan.SavePlan, "write", slow_early_writes)
+    w = weights_for(1)
+    futures = [run.save_state_async(f"s{i}", w, {}, step=i) for i in range(1, 5)]
+    # s3 and s4 commit first; what follows their commits waits for s1 and s2.
+    deadline = time.monotonic() + 10
+    while {"s3", "s4"} - set(os.listdir(tmp_path / "weights")) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not any(f.done() for f in futures)
+    later_done.set()
+    records = [f.result(timeout=30) for f in futures]
+    assert [(r.name, r.step) for r in records] == [(f"s{i}", i) for i in range(1, 5)]
+    assert names(run) == ["s3", "s4"]
+    assert run._order.in_flight() == set()
+
+
 # An async save into a run that fails and that nobody looks at is reported at exit, as
 # plain async saves are; one whose future was looked at is not.
 UNOBSERVED = """

@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 
 from . import _retention as rules
 from . import _run_store as store
+from ._call_order import CallOrder
 from ._location import Location, is_url
 from ._plan import PathLike, SavePlan, save_options
 from .api import CleanupResult
@@ -184,6 +185,7 @@ class Run:
         self.keep_every = rules.check_keep(keep_every, "keep_every")
         self.ttl = rules.ttl_seconds(ttl)
         self._clock = clock or rules.utc_now
+        self._order = CallOrder()  # what follows each commit runs in call order
 
     def __repr__(self) -> str:
         return (
@@ -363,13 +365,17 @@ class Run:
         dead processes. A failure here warns: the checkpoint itself is saved."""
         record = self.get(name, kind)
         failures: list[str] = []
+        # Saves still in flight (this one included) are not removed: their records and
+        # their own retention passes come later, in call order.
+        in_flight = self._order.in_flight() | {(kind, name)}
         try:
             everything = self.list()
-            doomed = rules.expired(everything, self.now(), protect={(kind, name)})
+            doomed = rules.expired(everything, self.now(), protect=in_flight)
             gone = {(r.kind, r.name) for r in doomed}
             doomed += rules.beyond_retention(
                 [r for r in everything if r.kind == kind and (r.kind, r.name) not in gone],
-                keep_last=self.keep_last, keep_every=self.keep_every, protect={name},
+                keep_last=self.keep_last, keep_every=self.keep_every,
+                protect={n for k, n in in_flight if k == kind},
             )  # fmt: skip
             failures += self._delete_all(doomed)[1]
             store.remove_leftovers(self.root, kind)
@@ -576,22 +582,39 @@ class _RunSave(SavePlan):
         self.record: list[CheckpointRecord] = []  # set once committed (shared with the future)
 
     def write(self) -> Location:
-        store.prepare(self.run.root, self.kind)
-        path = super().write()
-        self.record.append(self.run._after_commit(self.kind, self.name))
+        order = self.run._order
+        try:
+            store.prepare(self.run.root, self.kind)
+            path = super().write()
+        except BaseException:
+            order.done(self.ticket)
+            raise
+        with order.turn(self.ticket):
+            self.record.append(self.run._after_commit(self.kind, self.name))
         return path
 
     def commit(self) -> CheckpointRecord:
-        self.write()
+        self.ticket = self.run._order.ticket((self.kind, self.name))
+        try:
+            self.write()
+        finally:
+            self.run._order.done(self.ticket)  # no-op once its turn has ended it
         return self.record[0]
 
     def submit(self, snapshot: bool) -> Future[CheckpointRecord]:
-        inner = _submit(self, snapshot)
+        order, ticket = self.run._order, self.run._order.ticket((self.kind, self.name))
+        self.ticket = ticket
+        try:
+            inner = _submit(self, snapshot)
+        except BaseException:
+            order.done(ticket)
+            raise
         outer = _RecordFuture(inner)
         outer.set_running_or_notify_cancel()  # like the save's own future: not cancellable
         record = self.record  # not the plan: it holds views of the staging buffer
 
         def resolve(done: Future[Path]) -> None:
+            order.done(ticket)  # a save that never reached its turn must not block later ones
             error = Future.exception(done)  # not SaveFuture's: unobserved errors stay reported
             if error is not None:
                 outer.set_exception(error)
