@@ -22,7 +22,6 @@ from ckptio.cli import main
 if TYPE_CHECKING:
     from _s3server import SeaweedS3
 
-pytest.importorskip("ckptio.bench.cli")
 HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
 
 
