@@ -10,7 +10,7 @@ use std::fmt;
 use std::path::Path;
 
 use serde::de::{Deserializer, MapAccess, Visitor};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::dtype::{byte_len, Dtype};
@@ -19,7 +19,7 @@ use crate::limits::{self, MAX_HEADER_LEN};
 /// The data section starts at a multiple of this, so every tensor is aligned to its
 /// element size (tensors are ordered by element size, largest first).
 const HEADER_ALIGN: usize = 8;
-const METADATA_KEY: &str = "__metadata__";
+pub(crate) const METADATA_KEY: &str = "__metadata__";
 
 /// Where one tensor lives in a file. Offsets are absolute file offsets.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,14 +61,6 @@ pub struct ParsedHeader {
     pub tensors: Vec<TensorLayout>,
 }
 
-#[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct HeaderEntry {
-    dtype: String,
-    shape: Vec<u64>,
-    data_offsets: [u64; 2],
-}
-
 /// A header entry as read: strings borrowed from the header unless escaped.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -100,33 +92,36 @@ pub fn plan(
         cursor += n;
     }
 
-    let mut json = serde_json::Map::new();
+    // The JSON is written entry by entry in serde_json's compact form; the reader's
+    // fast road (`reader/written.rs`) expects exactly these bytes.
+    let mut body = Vec::with_capacity(96 * tensors.len() + 64);
+    body.push(b'{');
     if !metadata.is_empty() {
         let meta: serde_json::Map<String, serde_json::Value> = metadata
             .iter()
             .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
             .collect();
-        json.insert(METADATA_KEY.into(), meta.into());
+        write_key(&mut body, METADATA_KEY);
+        serde_json::to_writer(&mut body, &meta).expect("metadata serializes");
     }
+    let mut names = HashSet::with_capacity(tensors.len());
     for (i, &(name, dtype, shape)) in tensors.iter().enumerate() {
         if name == METADATA_KEY {
             return Err(Error::InvalidArgument(format!(
                 "tensor name {METADATA_KEY:?} is reserved"
             )));
         }
-        let entry = HeaderEntry {
-            dtype: dtype.name().into(),
-            shape: shape.to_vec(),
-            data_offsets: [rel[i].0, rel[i].1],
-        };
-        let value = serde_json::to_value(entry).expect("header entry serializes");
-        if json.insert(name.to_owned(), value).is_some() {
+        if !names.insert(name) {
             return Err(Error::InvalidArgument(format!(
                 "duplicate tensor name {name:?}"
             )));
         }
+        if body.len() > 1 {
+            body.push(b',');
+        }
+        write_entry(&mut body, name, dtype, shape, [rel[i].0, rel[i].1]);
     }
-    let mut body = serde_json::to_vec(&json).expect("header serializes");
+    body.push(b'}');
     while (8 + body.len()) % HEADER_ALIGN != 0 {
         body.push(b' ');
     }
@@ -158,6 +153,40 @@ pub fn plan(
         tensors,
         file_len: data_start + cursor,
     })
+}
+
+/// Appends `"name":` as serde_json writes an object key.
+fn write_key(out: &mut Vec<u8>, name: &str) {
+    serde_json::to_writer(&mut *out, name).expect("a string serializes");
+    out.push(b':');
+}
+
+/// Appends one tensor's header entry as [`plan`] writes it, serde_json's compact form:
+/// `"name":{"dtype":"F32","shape":[2,3],"data_offsets":[0,24]}` (offsets relative to
+/// the data section).
+pub(crate) fn write_entry(
+    out: &mut Vec<u8>,
+    name: &str,
+    dtype: Dtype,
+    shape: &[u64],
+    data_offsets: [u64; 2],
+) {
+    let mut digits = itoa::Buffer::new();
+    write_key(out, name);
+    out.extend_from_slice(b"{\"dtype\":\"");
+    out.extend_from_slice(dtype.name().as_bytes());
+    out.extend_from_slice(b"\",\"shape\":[");
+    for (i, &d) in shape.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(digits.format(d).as_bytes());
+    }
+    out.extend_from_slice(b"],\"data_offsets\":[");
+    out.extend_from_slice(digits.format(data_offsets[0]).as_bytes());
+    out.push(b',');
+    out.extend_from_slice(digits.format(data_offsets[1]).as_bytes());
+    out.extend_from_slice(b"]}");
 }
 
 /// Reads the header length prefix. `file_len` is the whole file's length.
@@ -335,7 +364,7 @@ fn check_contiguous(file: &Path, tensors: &[TensorLayout], hlen: u64, file_len: 
 }
 
 /// A JSON object kept in order, rejecting duplicate keys (serde_json would keep the last).
-struct UniqueMap<V>(Vec<(String, V)>);
+pub(crate) struct UniqueMap<V>(pub(crate) Vec<(String, V)>);
 
 impl<'de, V: Deserialize<'de>> Deserialize<'de> for UniqueMap<V> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
@@ -485,6 +514,54 @@ mod tests {
             vec![("format".to_string(), "pt".to_string())]
         );
         assert_eq!(parsed.tensors, layout.tensors);
+    }
+
+    /// `plan` writes the header JSON by hand; it is byte for byte what serde_json
+    /// makes of the same object (escapes in names included), so other readers and
+    /// earlier ckptio files agree with it.
+    #[test]
+    fn plan_writes_serde_jsons_compact_form() {
+        let tensors: Vec<(&str, Dtype, &[u64])> = vec![
+            (
+                "w\"q\\\u{1}é\u{2028}",
+                Dtype::BF16,
+                &[3, 0, 18446744073709551615],
+            ),
+            ("b", Dtype::F64, &[2, 2]),
+            ("s", Dtype::F8E4M3, &[]),
+        ];
+        for meta in [vec![], vec![("format".to_string(), "pt\n\"".to_string())]] {
+            let layout = plan(&tensors[1..], &meta).unwrap();
+            let mut expected = serde_json::Map::new();
+            if !meta.is_empty() {
+                let m: serde_json::Map<String, serde_json::Value> = meta
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone().into()))
+                    .collect();
+                expected.insert(METADATA_KEY.into(), m.into());
+            }
+            for t in &tensors[1..] {
+                let at = layout.tensors.iter().find(|l| l.name == t.0).unwrap();
+                let hlen = layout.header.len() as u64;
+                expected.insert(
+                    t.0.into(),
+                    serde_json::json!({"dtype": t.1.name(), "shape": t.2,
+                        "data_offsets": [at.begin - hlen, at.end - hlen]}),
+                );
+            }
+            let json = serde_json::to_vec(&expected).unwrap();
+            assert_eq!(&layout.header[8..8 + json.len()], &json[..]);
+            assert!(layout.header[8 + json.len()..].iter().all(|&b| b == b' '));
+        }
+        let mut out = Vec::new();
+        write_entry(&mut out, tensors[0].0, tensors[0].1, tensors[0].2, [7, 7]);
+        let mut one = serde_json::Map::new();
+        one.insert(
+            tensors[0].0.into(),
+            serde_json::json!({"dtype": "BF16", "shape": tensors[0].2, "data_offsets": [7, 7]}),
+        );
+        let json = serde_json::to_vec(&one).unwrap();
+        assert_eq!(out, json[1..json.len() - 1]);
     }
 
     #[test]

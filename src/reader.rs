@@ -22,7 +22,11 @@ use crate::format;
 use crate::limits::{MAX_MANIFEST_LEN, MAX_SIDE_FILE_LEN};
 use crate::manifest::{self, FileRole, Kind, Manifest, MANIFEST_NAME};
 
+mod index;
 mod verify;
+mod written;
+
+pub(crate) use index::index_tensors;
 
 /// Which file was opened: a later reopen by name must find the same one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,6 +118,8 @@ pub struct TensorInfo {
 /// An open, structurally validated checkpoint.
 pub struct Checkpoint {
     pub dir: PathBuf,
+    /// The manifest without its tensor records: `open` moves them into `tensors`
+    /// ([`Checkpoint::manifest_with_tensors`] puts them back).
     pub manifest: Manifest,
     pub files: Vec<MappedFile>,
     /// In save order.
@@ -229,9 +235,24 @@ pub(crate) fn read_manifest(dir_fd: &File, dir: &Path) -> Result<Manifest> {
             format!("manifest is {len} bytes, over the {MAX_MANIFEST_LEN}-byte cap"),
         ));
     }
-    let mut bytes = Vec::with_capacity(len as usize);
-    file.read_to_end(&mut bytes).ctx("read", &path)?;
-    manifest::decode(&path, &bytes)
+    MANIFEST_BUFFER.with_borrow_mut(|bytes| {
+        bytes.clear();
+        bytes.reserve(len as usize);
+        file.read_to_end(bytes).ctx("read", &path)?;
+        let m = manifest::decode(&path, bytes);
+        if bytes.capacity() > KEPT_MANIFEST_BUFFER {
+            *bytes = Vec::new();
+        }
+        m
+    })
+}
+
+/// Manifests up to this size are read into a buffer each thread keeps: a fresh one
+/// costs a page fault per 4 KiB on every open, as much as parsing a third of it.
+const KEPT_MANIFEST_BUFFER: usize = 4 << 20;
+
+thread_local! {
+    static MANIFEST_BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// A file of the checkpoint must have the size the manifest gives it.
@@ -257,18 +278,18 @@ pub(crate) fn parse_hex(file: &Path, what: &str, s: &str) -> Result<u64> {
         .map_err(|_| Error::format(file, format!("{what}: checksum {s:?} is not hex")))
 }
 
-/// Maps one tensor file (then closes it) and checks its size and header against the
-/// manifest.
+/// Maps one tensor file (then closes it) and checks its size and header checksum
+/// against the manifest. Returns the mapping and the header's length.
 fn map_tensor_file(
     dir_fd: &File,
     dir: &Path,
     rec: &manifest::FileRecord,
-) -> Result<(MappedFile, format::ParsedHeader)> {
+) -> Result<(MappedFile, u64)> {
     let path = dir.join(&rec.name);
     let file = open_regular(dir_fd, dir, &rec.name)?;
     check_size(&path, file.metadata().ctx("stat", &path)?.len(), rec)?;
     let stored = parse_hex(&path, "header", &rec.xxh3)?;
-    map_safetensors(&rec.name, path, file, Some(stored))
+    map_checked(&rec.name, path, file, Some(stored))
 }
 
 /// Maps an opened safetensors file and validates its header: the length prefix before
@@ -280,10 +301,22 @@ pub(crate) fn map_safetensors(
     file: File,
     header_xxh3: Option<u64>,
 ) -> Result<(MappedFile, format::ParsedHeader)> {
+    let (mapped, _) = map_checked(name, path, file, header_xxh3)?;
+    let header = format::parse(&mapped.path, &mapped.map)?;
+    Ok((mapped, header))
+}
+
+/// Maps an opened safetensors file after checking its length prefix (a hostile prefix
+/// is refused without mapping, let alone reading, the gigabytes it claims), then
+/// checks the header checksum when there is one. Returns the header's length.
+fn map_checked(
+    name: &str,
+    path: PathBuf,
+    file: File,
+    header_xxh3: Option<u64>,
+) -> Result<(MappedFile, u64)> {
     let id = FileId::of(&file, &path)?;
     let len = id.len;
-    // Check the header length before mapping: a hostile prefix is refused without
-    // mapping (let alone reading) the gigabytes it claims.
     let mut prefix = [0u8; 8];
     let got = if len >= 8 {
         file.read_exact_at(&mut prefix, 0).ctx("read", &path)?;
@@ -299,7 +332,6 @@ pub(crate) fn map_safetensors(
     if header_xxh3.is_some_and(|stored| checksum::hash(&map[..hlen as usize]) != stored) {
         return Err(Error::corrupt(&path, None, "header checksum mismatch"));
     }
-    let header = format::parse(&path, &map)?;
     // SAFETY: as above; read-only.
     let pristine = unsafe { Mmap::map(&file) }.ctx("mmap", &path)?;
     let mapped = MappedFile {
@@ -310,7 +342,7 @@ pub(crate) fn map_safetensors(
         ptr,
         pristine,
     };
-    Ok((mapped, header))
+    Ok((mapped, hlen))
 }
 
 /// Opens the checkpoint at `dir`. Reads no tensor data.
@@ -388,118 +420,41 @@ fn open_side_file(dir_fd: &File, dir: &Path, name: &str) -> Result<SideFile> {
 type Opened = (Manifest, Vec<MappedFile>, Vec<TensorInfo>);
 
 fn open_checkpoint(dir: &Path, dir_fd: &File) -> Result<Opened> {
-    let manifest = read_manifest(dir_fd, dir)?;
+    let mut manifest = read_manifest(dir_fd, dir)?;
     let mut files = Vec::new();
     let mut file_index = HashMap::new();
-    let mut headers = Vec::new();
+    let mut header_lens = Vec::new();
     for rec in manifest
         .files
         .iter()
         .filter(|f| f.role == FileRole::Tensors)
     {
-        let (mapped, header) = map_tensor_file(dir_fd, dir, rec)?;
+        let (mapped, hlen) = map_tensor_file(dir_fd, dir, rec)?;
         file_index.insert(rec.name.as_str(), files.len());
         files.push(mapped);
-        headers.push(header);
+        header_lens.push(hlen as usize);
     }
-    let paths: Vec<&Path> = files.iter().map(|f| f.path.as_path()).collect();
-    let tensors = index_tensors(&manifest, headers, &paths, &file_index)?;
-    Ok((manifest, files, tensors))
-}
-
-/// Checks that the manifest and the file headers describe exactly the same tensors and
-/// builds the index. `paths[i]` names file `i` in errors; `file_index` maps a manifest
-/// file name to its index.
-///
-/// ckptio writes each header in the order the manifest lists the file's tensors, so
-/// each record is first looked for at its file's cursor (a comparison, no hashing);
-/// a header in any other order falls back to a lookup by name. Either way every
-/// record must match a distinct header entry and every entry must be matched.
-pub(crate) fn index_tensors(
-    manifest: &Manifest,
-    headers: Vec<format::ParsedHeader>,
-    paths: &[&Path],
-    file_index: &HashMap<&str, usize>,
-) -> Result<Vec<TensorInfo>> {
-    let mut slots: Vec<Vec<Option<format::TensorLayout>>> = headers
-        .into_iter()
-        .map(|h| h.tensors.into_iter().map(Some).collect())
+    // No views exist yet: the private mappings hold the files' own bytes.
+    let heads: Vec<&[u8]> = files
+        .iter()
+        .zip(&header_lens)
+        .map(|(f, &hlen)| &f.map[..hlen])
         .collect();
-    let mut cursor = vec![0usize; slots.len()];
-    // Built for a file only once its header is found out of order.
-    let mut by_name: Vec<Option<HashMap<String, usize>>> = vec![None; slots.len()];
-    let mut tensors = Vec::with_capacity(manifest.tensors.len());
-    for rec in &manifest.tensors {
-        let fi = file_index[rec.file.as_str()];
-        let path = paths[fi];
-        let file = &mut slots[fi];
-        let at = cursor[fi];
-        let in_order = file
-            .get(at)
-            .and_then(Option::as_ref)
-            .is_some_and(|t| t.name == rec.name);
-        let found = if in_order {
-            cursor[fi] += 1;
-            Some(at)
-        } else {
-            let names = by_name[fi].get_or_insert_with(|| {
-                let entries = file.iter().enumerate();
-                entries
-                    .filter_map(|(i, t)| t.as_ref().map(|t| (t.name.clone(), i)))
-                    .collect()
-            });
-            names.remove(rec.name.as_str())
-        };
-        // Both checksums passed, so a disagreement is no accident of storage: the files
-        // were made inconsistent on purpose or by a broken writer. Hence format errors.
-        let layout = found.and_then(|i| file[i].take()).ok_or_else(|| {
-            Error::format(
-                path,
-                format!(
-                    "tensor {:?}: listed in the manifest but missing from the file header",
-                    rec.name
-                ),
-            )
-        })?;
-        if let Some(names) = by_name[fi].as_mut() {
-            names.remove(rec.name.as_str()); // matched in order after a fallback
+    let file_lens: Vec<u64> = files.iter().map(|f| f.id.len).collect();
+    let tensors = match written::check(&manifest, &heads, &file_lens, &file_index) {
+        Some(found) => written::into_index(std::mem::take(&mut manifest.tensors), found),
+        None => {
+            let paths: Vec<&Path> = files.iter().map(|f| f.path.as_path()).collect();
+            let headers = files
+                .iter()
+                .map(|f| format::parse(&f.path, &f.map))
+                .collect::<Result<Vec<_>>>()?;
+            let tensors = index_tensors(&manifest, headers, &paths, &file_index)?;
+            manifest.tensors = Vec::new();
+            tensors
         }
-        let dtype = Dtype::parse(&rec.dtype);
-        if dtype != Some(layout.dtype)
-            || rec.shape != layout.shape
-            || rec.byte_range != [layout.begin, layout.end]
-        {
-            return Err(Error::format(
-                path,
-                format!(
-                    "tensor {:?}: manifest entry disagrees with the file header",
-                    rec.name
-                ),
-            ));
-        }
-        tensors.push(TensorInfo {
-            group: rec.group.clone(),
-            xxh3: parse_hex(path, &rec.name, &rec.xxh3)?,
-            name: layout.name,
-            dtype: layout.dtype,
-            shape: layout.shape,
-            file: fi,
-            begin: layout.begin,
-            end: layout.end,
-        });
-    }
-    for (fi, rest) in slots.iter().enumerate() {
-        if let Some(t) = rest.iter().flatten().next() {
-            return Err(Error::format(
-                paths[fi],
-                format!(
-                    "tensor {:?}: in the file header but not in the manifest",
-                    t.name
-                ),
-            ));
-        }
-    }
-    Ok(tensors)
+    };
+    Ok((manifest, files, tensors))
 }
 
 impl Checkpoint {
@@ -520,6 +475,25 @@ impl Checkpoint {
             dir_fd,
             side_files: Vec::new(),
         }
+    }
+
+    /// The manifest as it was written, tensor records included (for a copy).
+    pub fn manifest_with_tensors(&self) -> Manifest {
+        let mut m = self.manifest.clone();
+        m.tensors = self
+            .tensors
+            .iter()
+            .map(|t| manifest::TensorRecord {
+                group: t.group.clone(),
+                name: t.name.clone(),
+                file: self.files[t.file].name.clone(),
+                dtype: t.dtype.name().to_owned(),
+                shape: t.shape.clone(),
+                byte_range: [t.begin, t.end],
+                xxh3: checksum::to_hex(t.xxh3),
+            })
+            .collect();
+        m
     }
 
     pub fn kind(&self) -> Kind {

@@ -3,6 +3,7 @@
 //! against its checksum on the way, and the destination commits atomically, as a save
 //! does. A copy keeps the checkpoint id, so it is the same checkpoint, elsewhere.
 
+use std::borrow::Cow;
 use std::ops::Range;
 
 use crate::checksum::Hasher;
@@ -31,10 +32,11 @@ impl Source {
         }
     }
 
-    fn manifest(&self) -> &Manifest {
+    /// The source's manifest, tensor records included.
+    fn manifest(&self) -> Cow<'_, Manifest> {
         match self {
-            Source::Local(c) => &c.manifest,
-            Source::Remote(c) => &c.manifest,
+            Source::Local(c) => Cow::Owned(c.manifest_with_tensors()),
+            Source::Remote(c) => Cow::Borrowed(&c.manifest),
         }
     }
 
@@ -194,5 +196,5 @@ pub fn copy(
         let bytes = source.read_side_file(&rec.name)?;
         sink.write_small_file(&rec.name, &bytes, opts.durable)?;
     }
-    sink.commit(&manifest::encode(manifest), opts.durable)
+    sink.commit(&manifest::encode(&manifest), opts.durable)
 }
