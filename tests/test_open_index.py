@@ -151,3 +151,33 @@ def test_header_in_another_order_than_the_manifest_still_opens() -> None:
         assert ckpt.names == ["a", "b"]
         np.testing.assert_array_equal(ckpt["b"], np.zeros(3))
     ckptio.verify(path)
+
+
+def test_header_in_another_layout_takes_the_general_road_to_the_same_tensors() -> None:
+    """open checks a header exactly as ckptio writes it against the manifest without
+    parsing it; a header another tool laid out (indented, keys sorted, so of another
+    length) is parsed and matched instead, and gives the same tensors and bytes."""
+    path = _saved()
+    with ckptio.open(path) as ckpt:
+        before = {name: np.array(ckpt[name]) for name in ckpt.names}
+    f = path / "model.safetensors"
+    raw = f.read_bytes()
+    n = struct.unpack("<Q", raw[:8])[0]
+    text = json.dumps(json.loads(raw[8 : 8 + n]), indent=2, sort_keys=True).encode()
+    text += b" " * (-(8 + len(text)) % 8)
+    f.write_bytes(struct.pack("<Q", len(text)) + text + raw[8 + n :])
+    manifest = read_manifest(path)
+    for rec in manifest["tensors"]:
+        if rec["file"] == "model.safetensors":
+            rec["byte_range"] = [b - n + len(text) for b in rec["byte_range"]]
+    resign(path, manifest)
+    with ckptio.open(path) as ckpt:
+        assert ckpt.names == list(before)
+        for name, array in before.items():
+            np.testing.assert_array_equal(ckpt[name], array)
+    ckptio.verify(path)
+    # The same edit without moving the manifest's ranges: refused, naming the tensor.
+    manifest["tensors"][0]["byte_range"] = [b + 8 for b in manifest["tensors"][0]["byte_range"]]
+    resign(path, manifest)
+    with pytest.raises(FormatError, match="disagrees with the file header"):
+        ckptio.open(path)
