@@ -264,6 +264,9 @@ class Checkpoint:
     def lookup(self, group: str, name: str) -> tuple[int, str, tuple[int, ...], int, int, int] | None:
         """(index in ``tensors()``, dtype, shape, file index, begin, end) of one tensor,
         or None."""
+    def rows(self, group: str) -> list[tuple[str, str, tuple[int, ...], int, int, int]]:
+        """(name, dtype, shape, file index, begin, end) of every tensor of ``group``, in
+        save order."""
     def names(self, group: str) -> list[str]:
         """The names of the tensors of ``group``, in save order."""
     def groups(self) -> list[str]:

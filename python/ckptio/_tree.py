@@ -166,10 +166,22 @@ def _float_from(node: dict[str, str]) -> float:
     return float(struct.unpack("<d", struct.pack("<Q", int(node["bits"], 16)))[0])
 
 
+#: Skeleton tags of array leaves.
+_ARRAY_TAGS = frozenset(("array", "scalar", "torch"))
+
+
 def unflatten(skeleton: Any, tensor: Callable[[str, str], Any]) -> Any:
     """Rebuilds the tree; ``tensor(tag, name)`` returns the leaf for an array node."""
 
     def build(node: Any) -> Any:
+        # The nodes of nearly every tree first (array leaves, dicts), in fewer checks;
+        # anything else takes the general order below.
+        if type(node) is dict and len(node) == 1:
+            ((tag, body),) = node.items()
+            if tag in _ARRAY_TAGS:
+                return tensor(tag, body)
+            if tag == "dict":
+                return {int_from_text(k["int"]) if isinstance(k, dict) else k: build(v) for k, v in body}
         if node is None or isinstance(node, bool | str):
             return node
         if not isinstance(node, dict) or len(node) not in (1, 2):
@@ -186,7 +198,7 @@ def unflatten(skeleton: Any, tensor: Callable[[str, str], Any]) -> Any:
             return [build(v) for v in body]
         if tag == "tuple":
             return tuple(build(v) for v in body)
-        if tag in ("array", "scalar", "torch"):
+        if tag in _ARRAY_TAGS:
             return tensor(tag, body)
         raise ValueError(f"invalid optimizer skeleton tag {tag!r}")
 

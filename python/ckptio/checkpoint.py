@@ -23,6 +23,9 @@ from .errors import CheckpointKindError, CheckpointNotFoundError, FormatError, U
 
 WEIGHTS = "model"
 OPTIMIZER = "optimizer"
+#: One mapped tensor, as ``_core.Checkpoint.rows`` gives it: (name, dtype, shape, file
+#: index, begin, end).
+_Row = tuple[str, str, tuple[int, ...], int, int, int]
 
 
 class TensorInfo(NamedTuple):
@@ -357,12 +360,25 @@ class Checkpoint(Mapping[str, Any]):
         framework = framework or self.framework
         if not self._core.mapped:  # an object store: one checksummed ranged read
             return self._read_copies(group, [(name, framework)], device)[name]
+        return self._view((name, info.dtype, info.shape, fi, begin, end), framework, device)
+
+    def _rows(self, group: str) -> dict[str, _Row]:
+        """name -> row (as ``_core.Checkpoint.rows`` gives it) of every tensor stored in
+        ``group``: one core call for a whole-group load instead of a lookup per tensor."""
+        stored = self._stored_group(group)
+        return {} if stored is None else {row[0]: row for row in self._core.rows(stored)}
+
+    def _view(self, row: _Row, framework: str, device: Any) -> Any:
+        """The zero-copy view of one mapped tensor's row, as a numpy array or a torch
+        tensor."""
+        name, dtype, shape, fi, begin, end = row
         if framework == "numpy":
             if device is not None:
                 raise ValueError("device= needs framework='torch'")
             # One constructor call: a third of the cost of slice, view and reshape.
-            return np.ndarray(info.shape, st_to_numpy(info.dtype), self._file_bytes(fi), begin)
+            return np.ndarray(shape, st_to_numpy(dtype), self._file_bytes(fi), begin)
         if framework == "torch":
+            info = TensorInfo(name, "", dtype, shape, end - begin, "")
             return _torch_view(self._file_bytes(fi)[begin:end], info, device)
         raise ValueError(f"framework must be 'numpy' or 'torch', got {framework!r}")
 
@@ -402,7 +418,8 @@ class Checkpoint(Mapping[str, Any]):
             if copy:
                 out = self._read_copies(WEIGHTS, [(n, framework) for n in stored], device)
             else:
-                out = {n: self.tensor(n, framework=framework, device=device) for n in stored}
+                rows = self._rows(WEIGHTS)
+                out = {n: self._view(rows[n], framework, device) for n in stored}
         for alias, target in self._aliases.items():
             out[alias] = out[target]
         return {n: out[n] for n in self._weight_names}
@@ -459,16 +476,21 @@ class Checkpoint(Mapping[str, Any]):
             return framework or ("torch" if tag == "torch" else "numpy")
 
         copies: dict[str, Any] = {}
+        rows: dict[str, _Row] = {}
         if copy or not self._core.mapped:  # one parallel, checksummed read of every optimizer tensor
             wanted = {name: framework_of(tag) for tag, name in array_leaves(skeleton)}
             copies = self._read_copies(OPTIMIZER, list(wanted.items()), device)
+        else:
+            rows = self._rows(OPTIMIZER)
 
         def leaf(tag: str, name: str) -> Any:
             fw = framework_of(tag)
             if name in copies:
                 value = copies[name]
+            elif name in rows:
+                value = self._view(rows[name], fw, device if fw == "torch" else None)
             else:
-                value = self.tensor(name, OPTIMIZER, framework=fw, device=device if fw == "torch" else None)
+                raise KeyError(f"no tensor {name!r} in {OPTIMIZER!r} of {self.path}")
             return value[()] if tag == "scalar" and fw == "numpy" else value
 
         try:

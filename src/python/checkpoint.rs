@@ -121,6 +121,8 @@ fn top_level_fields(text: &str) -> std::result::Result<UserFields, String> {
         .map_err(|e| format!("not a JSON object: {e}"))
 }
 
+type GroupRow<'a, 'py> = (&'a str, &'static str, Bound<'py, PyTuple>, usize, u64, u64);
+
 type TensorRow<'py> = (
     String,
     String,
@@ -215,6 +217,25 @@ impl PyCheckpoint {
         let t = &infos[index];
         let shape = PyTuple::new(py, &t.shape)?;
         Ok(Some((index, t.dtype.name(), shape, t.file, t.begin, t.end)))
+    }
+
+    /// (name, dtype, shape, file index, begin, end) of every tensor of `group`, in save
+    /// order: what a whole-group load needs, in one call instead of a lookup per tensor.
+    fn rows<'a, 'py>(&'a self, py: Python<'py>, group: &str) -> PyResult<Vec<GroupRow<'a, 'py>>> {
+        let infos = self.tensor_infos().iter().filter(|t| t.group == group);
+        infos
+            .map(|t| {
+                let shape = PyTuple::new(py, &t.shape)?;
+                Ok((
+                    t.name.as_str(),
+                    t.dtype.name(),
+                    shape,
+                    t.file,
+                    t.begin,
+                    t.end,
+                ))
+            })
+            .collect()
     }
 
     /// The names of the tensors of `group`, in save order.
