@@ -249,7 +249,8 @@ def test_interpreter_exit_completes_pending_saves_and_reports_failures(tmp_path)
 
 
 def test_copy_load_of_the_optimizer_state(tmp_path):
-    torch = pytest.importorskip("torch")
+    import torch
+
     opt = {"m": np.arange(5.0), "t": torch.ones(3), "s": np.float32(2.5), "step": 4}
     ckptio.save_state(tmp_path / "ck", {"w": np.ones(2)}, opt)
     w, back, _, _ = ckptio.load_state_with_optimizer(tmp_path / "ck", copy=True)

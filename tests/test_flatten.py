@@ -20,6 +20,7 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 import pytest
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -29,11 +30,6 @@ from ckptio import _core
 from ckptio._plan import SavePlan
 from ckptio._tensors import PLAN_HOOKS, SameViews, as_saveable, is_torch_tensor
 from ckptio._tree import MAX_DEPTH, flatten
-
-try:
-    import torch
-except ImportError:  # pragma: no cover - torch is a test dependency
-    torch = None
 
 SCALE = int(os.environ.get("CKPTIO_PROPERTY_SCALE", "1"))
 SETTINGS = settings(
@@ -286,10 +282,7 @@ def test_mapping_that_is_not_a_dict_is_read_through_items() -> None:
 
 # -- rows planned early are checked again when the bytes are read -----------------------
 
-needs_torch = pytest.mark.skipif(torch is None, reason="needs torch")
 
-
-@needs_torch
 def test_a_storage_resized_after_planning_is_refused_at_write(tmp_path: Path) -> None:
     t = torch.arange(1024, dtype=torch.float32)
     plan = SavePlan(tmp_path / "c", "sampler", {"big": t})
@@ -299,7 +292,6 @@ def test_a_storage_resized_after_planning_is_refused_at_write(tmp_path: Path) ->
     assert not (tmp_path / "c").exists()
 
 
-@needs_torch
 def test_a_storage_resized_after_planning_is_refused_at_snapshot(tmp_path: Path) -> None:
     t = torch.arange(1024, dtype=torch.float32)
     plan = SavePlan(tmp_path / "c", "state", {}, {"m": t})
@@ -308,7 +300,6 @@ def test_a_storage_resized_after_planning_is_refused_at_snapshot(tmp_path: Path)
         plan.snapshot()
 
 
-@needs_torch
 def test_user_code_after_planning_cannot_make_the_write_read_freed_memory(tmp_path: Path) -> None:
     """``step.__index__`` runs after the rows are planned: it may resize a storage."""
     t = torch.arange(4096, dtype=torch.float64)
@@ -330,7 +321,6 @@ def test_numpy_array_resized_after_planning_is_refused(tmp_path: Path) -> None:
         plan.write()
 
 
-@needs_torch
 def test_held_storages_keep_what_was_planned(tmp_path: Path) -> None:
     p = torch.nn.Parameter(torch.arange(8, dtype=torch.float32))
     plan = SavePlan(tmp_path / "c", "state", {"p": p}, {"m": p.detach() * 2})
