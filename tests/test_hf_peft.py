@@ -9,12 +9,11 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import peft
 import pytest
 from _hf import logits, tiny_gpt2, tiny_llama, torch, transformers_log
 
 import ckptio
-
-peft = pytest.importorskip("peft")
 
 
 def _trained_adapter(make: Any, targets: list[str], r: int = 4) -> tuple[Any, Any]:

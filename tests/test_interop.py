@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ml_dtypes
 import numpy as np
-import pytest
 from safetensors import safe_open
 from safetensors.numpy import load_file
 
@@ -33,7 +32,7 @@ def test_safetensors_numpy_reads_identical_arrays(ckpt_path):
 
 
 def test_safetensors_torch_reads_sharded_weights(ckpt_path):
-    torch = pytest.importorskip("torch")
+    import torch
     from safetensors.torch import load_file as load_torch
 
     weights = {f"layer.{i}": torch.full((256,), float(i)) for i in range(6)}

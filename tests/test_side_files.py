@@ -51,7 +51,8 @@ def test_every_value_type_round_trips(tmp_path: Path) -> None:
 
 
 def test_state_async_and_torch_helpers_take_extra_files(tmp_path: Path) -> None:
-    torch = pytest.importorskip("torch")
+    import torch
+
     import ckptio.torch
 
     extra = {"config.json": CONFIG}
