@@ -394,3 +394,31 @@ def test_round_order_puts_each_library_first_once_before_any_twice() -> None:
     assert all(sorted(o) == sorted(names) for o in orders)
     assert round_order(names, len(names)) == names
     assert round_order([], 3) == []
+
+
+def test_an_open_is_timed_as_the_median_of_several_each_after_its_own_settling(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from ckptio.bench import worker
+    from ckptio.bench.library import OPEN, OPEN_REPEATS
+    from ckptio.bench.runners_ckptio import Ckptio
+
+    seconds = iter([0.009, 0.001, 0.002, 0.008, 0.003, 0.004, 0.007, 0.005, 0.006])
+    calls: list[str] = []
+
+    def measure(library: object, op: str, path: Path, keep: bool) -> dict[str, float]:
+        calls.append(op)
+        s = next(seconds)
+        return {"seconds": s, "rss_peak": s * 1000, "rss_anon": -s, "resident_before": 1.0}
+
+    monkeypatch.setattr(worker, "_measure", measure)
+    server = worker._Server()
+    server.libraries["ckptio"] = Ckptio()
+    result = server.run("ckptio", OPEN, str(tmp_path), keep=True)
+    assert OPEN_REPEATS == 9 and calls == [OPEN] * OPEN_REPEATS
+    assert result["seconds"] == 0.005  # the median, not the first or the mean of the nine
+    assert result["rss_peak"] == 9.0 and result["rss_anon"] == -0.001  # the largest of each
+    calls.clear()
+    seconds = iter([0.5])
+    assert server.run("ckptio", "verify", str(tmp_path), keep=True)["seconds"] == 0.5
+    assert calls == ["verify"]

@@ -11,6 +11,12 @@ import numpy as np
 
 from .workloads import TrainingState
 
+#: Opens timed per round. One open takes 0.2-5 ms, and single opens of one build
+#: measured 2.2-2.4 ms and 3.2-3.5 ms within one run (docs/ENGINE.md): one sample per
+#: round is as noisy as the gap between libraries, so each round takes the median of
+#: several, each after its own garbage collection and ``malloc_trim`` as before.
+OPEN_REPEATS = 9
+
 SAVE, SAVE_DURABLE, OPEN, LOAD_HOT, LOAD_COLD, VERIFY = (
     "save",
     "save durable",
@@ -28,7 +34,7 @@ RATE_OPERATIONS = (SAVE, SAVE_DURABLE, LOAD_HOT, LOAD_COLD, VERIFY)
 OPERATION_HELP = {
     SAVE: "save to the page cache (no fsync)",
     SAVE_DURABLE: "save with fsync of files and directories (only ckptio has the option; raw: write + fsync)",
-    OPEN: "lazy open: parse headers / index, read no tensor data",
+    OPEN: f"lazy open: parse headers / index, read no tensor data; a round: median of {OPEN_REPEATS} opens",
     LOAD_HOT: "load everything and touch every page, files in the page cache",
     LOAD_COLD: "load and touch every page after fsync + posix_fadvise(DONTNEED)",
     VERIFY: "check every byte against stored checksums, files in the page cache",
